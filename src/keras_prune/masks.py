@@ -1,0 +1,204 @@
+"""Scores -> 0/1 masks: exact top-k, threshold, block, N:M, and one global ranking.
+
+Every function takes numpy arrays of importance scores (larger = more important) and
+returns a boolean mask of the same shape where ``True`` keeps a weight. Counts are exact:
+asking sparsity ``s`` of ``n`` scores prunes exactly ``round_half_up(s * n)`` of them, ties
+broken by position (the earlier flat index is pruned first), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from keras_prune._validation import check_choice, check_int_pair, check_sparsity
+
+POOLING_TYPES = ("AVG", "MAX")
+
+
+def prune_count(sparsity: float, size: int) -> int:
+    """How many of ``size`` weights sparsity ``sparsity`` prunes (round half up).
+
+    Example:
+        >>> prune_count(0.8, 10), prune_count(0.25, 6)
+        (8, 2)
+    """
+    return min(size, int(math.floor(sparsity * size + 0.5)))
+
+
+def lowest_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Keeps all but the ``k`` lowest scores; among equal scores the earlier index goes first.
+
+    Runs in linear time (a partition, not a sort).
+
+    Example:
+        >>> lowest_k_mask(np.array([3.0, 1.0, 1.0, 2.0]), 2).tolist()
+        [True, False, False, True]
+    """
+    flat = np.asarray(scores).ravel()
+    keep = np.ones(flat.shape, dtype=bool)
+    if k <= 0:
+        return keep.reshape(np.shape(scores))
+    if k >= flat.size:
+        return np.zeros(np.shape(scores), dtype=bool)
+    kth = np.partition(flat, k - 1)[k - 1]
+    below = flat < kth
+    keep[below] = False
+    ties = np.flatnonzero(flat == kth)
+    keep[ties[: k - int(below.sum())]] = False
+    return keep.reshape(np.shape(scores))
+
+
+def sparsity_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
+    """Prunes exactly ``prune_count(sparsity, scores.size)`` of the lowest scores.
+
+    Example:
+        >>> sparsity_mask(np.array([[0.1, -0.9], [0.5, 0.0]]) ** 2, 0.5).astype(int).tolist()
+        [[0, 1], [1, 0]]
+    """
+    return lowest_k_mask(scores, prune_count(sparsity, np.size(scores)))
+
+
+def threshold_mask(weights: np.ndarray, threshold: float) -> np.ndarray:
+    """Prunes every weight with ``|w| <= threshold``.
+
+    Example:
+        >>> threshold_mask(np.array([0.5, -0.01, 0.02]), 0.02).tolist()
+        [True, False, False]
+    """
+    return np.abs(weights) > threshold
+
+
+def global_sparsity_masks(scores: Sequence[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """One ranking across several tensors: prunes ``round(s * total)`` lowest scores overall.
+
+    Example:
+        >>> a, b = global_sparsity_masks([np.array([1.0, 9.0]), np.array([2.0, 3.0])], 0.5)
+        >>> a.tolist(), b.tolist()
+        ([False, True], [False, True])
+    """
+    flat = np.concatenate([np.ravel(s) for s in scores]) if scores else np.zeros(0)
+    keep = sparsity_mask(flat, sparsity)
+    splits = np.cumsum([np.size(s) for s in scores])[:-1]
+    return [part.reshape(np.shape(s)) for part, s in zip(np.split(keep, splits), scores)]
+
+
+def _as_matrix(scores: np.ndarray) -> np.ndarray:
+    """Views a weight of any rank as 2-D: (everything but the last axis, last axis)."""
+    scores = np.asarray(scores)
+    if scores.ndim == 0:
+        return scores.reshape(1, 1)
+    if scores.ndim == 1:
+        return scores.reshape(1, -1)
+    return scores.reshape(-1, scores.shape[-1])
+
+
+def block_mask(
+    scores: np.ndarray,
+    sparsity: float,
+    block_size: tuple[int, int],
+    pooling: str = "AVG",
+) -> np.ndarray:
+    """Prunes whole ``block_size`` blocks of the 2-D view of ``scores``, lowest pooled first.
+
+    The 2-D view folds all leading axes into rows; edge blocks that stick out are pooled
+    over the weights they cover. Exactly ``round(s * number_of_blocks)`` blocks are pruned.
+
+    Example:
+        >>> scores = np.array([[1.0, 1.0, 5.0, 5.0], [1.0, 1.0, 5.0, 5.0]])
+        >>> block_mask(scores, 0.5, (2, 2)).astype(int).tolist()
+        [[0, 0, 1, 1], [0, 0, 1, 1]]
+    """
+    rows_per, cols_per = block_size
+    matrix = _as_matrix(scores)
+    rows, cols = matrix.shape
+    n_r, n_c = -(-rows // rows_per), -(-cols // cols_per)
+    padded = np.full((n_r * rows_per, n_c * cols_per), np.nan)
+    padded[:rows, :cols] = matrix
+    blocks = padded.reshape(n_r, rows_per, n_c, cols_per)
+    pool = np.nanmean if pooling == "AVG" else np.nanmax
+    pooled = pool(blocks, axis=(1, 3))
+    keep_blocks = sparsity_mask(pooled, sparsity)
+    keep = np.repeat(np.repeat(keep_blocks, rows_per, axis=0), cols_per, axis=1)
+    return keep[:rows, :cols].reshape(np.shape(scores))
+
+
+def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int]) -> np.ndarray:
+    """Prunes the ``m`` lowest of every ``n`` consecutive weights along the input axis.
+
+    The input axis is the second-to-last axis (Dense ``(in, out)``, Conv ``(..., in, out)``),
+    or the only axis of a vector. A last, shorter group of ``g`` weights prunes
+    ``floor(m * g / n)`` of them, so a layer with fewer than ``n`` inputs is not emptied.
+
+    Example:
+        >>> m_by_n_mask(np.array([[4.0], [1.0], [3.0], [2.0]]), (2, 4)).ravel().tolist()
+        [True, False, True, False]
+    """
+    m, n = m_by_n
+    scores = np.asarray(scores)
+    axis = scores.ndim - 2 if scores.ndim >= 2 else 0
+    moved = np.moveaxis(scores, axis, -1)
+    length = moved.shape[-1]
+    full = (length // n) * n
+    keep = np.ones(moved.shape, dtype=bool)
+    if full:
+        groups = moved[..., :full].reshape(-1, n)
+        order = np.argsort(groups, axis=1, kind="stable")[:, :m]
+        group_keep = np.ones(groups.shape, dtype=bool)
+        np.put_along_axis(group_keep, order, False, axis=1)
+        keep[..., :full] = group_keep.reshape(moved[..., :full].shape)
+    rest = length - full
+    if rest:
+        tail = moved[..., full:].reshape(-1, rest)
+        order = np.argsort(tail, axis=1, kind="stable")[:, : (m * rest) // n]
+        tail_keep = np.ones(tail.shape, dtype=bool)
+        np.put_along_axis(tail_keep, order, False, axis=1)
+        keep[..., full:] = tail_keep.reshape(moved[..., full:].shape)
+    return np.moveaxis(keep, -1, axis)
+
+
+def check_pattern(
+    block_size: object = (1, 1),
+    block_pooling_type: object = "AVG",
+    sparsity_m_by_n: object = None,
+) -> tuple[tuple[int, int], str, tuple[int, int] | None]:
+    """Validates a sparsity pattern; returns it normalized. Raises before anything changes."""
+    block = check_int_pair("block_size", block_size)
+    pooling = check_choice("block_pooling_type", block_pooling_type, POOLING_TYPES)
+    if sparsity_m_by_n is None:
+        return block, pooling, None
+    m, n = check_int_pair("sparsity_m_by_n", sparsity_m_by_n)
+    if m >= n:
+        raise ValueError(
+            "Argument `sparsity_m_by_n` must be (m, n) with m < n: m zeros in every n "
+            f"consecutive weights. Received: sparsity_m_by_n={sparsity_m_by_n!r}"
+        )
+    if block != (1, 1):
+        raise ValueError(
+            "Arguments `block_size` and `sparsity_m_by_n` cannot be combined. "
+            f"Received: block_size={block_size!r}, sparsity_m_by_n={sparsity_m_by_n!r}"
+        )
+    return block, pooling, (m, n)
+
+
+def pattern_mask(
+    scores: np.ndarray,
+    sparsity: float,
+    block_size: tuple[int, int] = (1, 1),
+    pooling: str = "AVG",
+    m_by_n: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """The mask for one tensor under a validated pattern (N:M ignores ``sparsity``).
+
+    Example:
+        >>> pattern_mask(np.arange(8.0), 0.25).astype(int).tolist()
+        [0, 0, 1, 1, 1, 1, 1, 1]
+    """
+    if m_by_n is not None:
+        return m_by_n_mask(scores, m_by_n)
+    check_sparsity("sparsity", sparsity)
+    if tuple(block_size) != (1, 1):
+        return block_mask(scores, sparsity, block_size, pooling)
+    return sparsity_mask(scores, sparsity)
