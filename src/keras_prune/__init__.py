@@ -1,0 +1,31 @@
+"""keras-prune: prune trained Keras 3 models, and measure what it buys.
+
+Example:
+    >>> import keras, keras_prune
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    >>> pruned = keras_prune.prune_low_magnitude(model, keras_prune.ConstantSparsity(0.5, 0))
+    >>> # pruned.compile(...); pruned.fit(x, y, callbacks=[keras_prune.UpdatePruningStep()])
+    >>> final = keras_prune.strip_pruning(pruned)
+"""
+
+from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
+from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
+from keras_prune.registry import PrunableLayer, UnsupportedLayerError
+from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_prune.wrapper import PruneLowMagnitude
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConstantSparsity",
+    "PolynomialDecay",
+    "PrunableLayer",
+    "PruneLowMagnitude",
+    "PruningPolicy",
+    "PruningSchedule",
+    "PruningSummaries",
+    "UnsupportedLayerError",
+    "UpdatePruningStep",
+    "prune_low_magnitude",
+    "strip_pruning",
+]

@@ -1,0 +1,140 @@
+"""Callbacks that drive pruning during ``fit``: the step counter and TensorBoard summaries."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import keras
+import numpy as np
+
+from keras_prune import masks
+from keras_prune.wrapper import UNSTARTED, PruneLowMagnitude, constraints_hold_masks
+
+
+def collect_wrappers(model: keras.layers.Layer) -> list[PruneLowMagnitude]:
+    """Every ``PruneLowMagnitude`` layer in ``model``, nested models included."""
+    if isinstance(model, PruneLowMagnitude):
+        return [model]
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, PruneLowMagnitude) and layer not in found:
+            found.append(layer)
+    return found
+
+
+def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowMagnitude]:
+    """Recomputes the masks of the wrappers whose schedule updates at ``step``.
+
+    Layer-scoped wrappers rank each tensor on its own; globally-scoped wrappers that share a
+    schedule are ranked together. Returns the wrappers that were updated.
+    """
+    due = [w for w in wrappers if w.pruning_schedule.should_update(step)]
+    global_groups = defaultdict(list)
+    for wrapper in due:
+        if wrapper.scope == "global":
+            global_groups[repr(wrapper.pruning_schedule)].append(wrapper)
+        else:
+            wrapper.assign_masks(wrapper.compute_masks(wrapper.pruning_schedule.sparsity_at(step)))
+    for group in global_groups.values():
+        sparsity = group[0].pruning_schedule.sparsity_at(step)
+        scores = [s for wrapper in group for s in wrapper.scores()]
+        keep = masks.global_sparsity_masks(scores, sparsity)
+        for wrapper in group:
+            count = len(wrapper.prunable_weights())
+            wrapper.assign_masks(keep[:count])
+            keep = keep[count:]
+    return due
+
+
+class UpdatePruningStep(keras.callbacks.Callback):
+    """Advances the pruning step each batch and updates masks on the schedule's update steps.
+
+    Required in ``fit(callbacks=[...])`` while a model has pruning wrappers. In a custom
+    training loop, drive it by hand:
+
+    >>> # callback = UpdatePruningStep(); callback.set_model(model); callback.on_train_begin()
+    >>> # for each batch: callback.on_train_batch_begin(i); <gradient step>;
+    >>> #                 callback.on_train_batch_end(i)
+    >>> # at the end: callback.on_train_end()
+
+    The step is stored in each wrapper's ``pruning_step`` variable (counted inside the train
+    step), so a model saved at any point resumes on the exact same step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.step = 0
+        self._wrappers: list[PruneLowMagnitude] = []
+
+    def on_train_begin(self, logs=None):
+        self._wrappers = collect_wrappers(self.model)
+        if not self._wrappers:
+            return
+        steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers]
+        self.step = max(0, max(steps))
+        for wrapper in self._wrappers:
+            wrapper.pruning_step.assign(self.step)
+            wrapper.driven = True
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if any(w.pruning_schedule.should_update(self.step) for w in self._wrappers):
+            self.model  # on JAX, reading `model` syncs the train state into the variables
+            update_masks(self._wrappers, self.step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self._wrappers and not constraints_hold_masks():
+            self.model  # sync (JAX), so the re-zeroed weights feed the next step
+            self._apply_masks()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Optimizers that overwrite weights outside the update (EMA) may have refilled zeros.
+        if self._wrappers:
+            self.model
+            self._apply_masks()
+
+    def on_train_end(self, logs=None):
+        self.on_epoch_end(-1)
+        for wrapper in self._wrappers:
+            wrapper.driven = False
+
+    def _apply_masks(self):
+        for wrapper in self._wrappers:
+            wrapper.apply_masks()
+
+
+def weight_sparsities(wrapper: PruneLowMagnitude) -> list[tuple[str, float, float]]:
+    """``(weight path, sparsity, threshold)`` for each prunable weight of ``wrapper``."""
+    rows = []
+    for weight, keep, threshold in zip(wrapper.prunable_weights(), wrapper.masks(), wrapper.thresholds()):
+        rows.append((weight.path, 1.0 - float(np.mean(keep)), threshold))
+    return rows
+
+
+class PruningSummaries(keras.callbacks.TensorBoard):
+    """TensorBoard logging plus, per pruned weight, its sparsity and threshold each epoch.
+
+    Scalars are named ``<weight path>/pruning_sparsity`` and ``<weight path>/threshold``
+    (needs TensorFlow for writing event files, like Keras's own TensorBoard callback).
+
+    Args:
+        log_dir: folder for the event files.
+        **kwargs: passed on to ``keras.callbacks.TensorBoard``.
+
+    Example:
+        >>> # model.fit(x, y, callbacks=[UpdatePruningStep(), PruningSummaries("logs")])
+    """
+
+    def __init__(self, log_dir: str, **kwargs):
+        if not isinstance(log_dir, (str, bytes)) and not hasattr(log_dir, "__fspath__"):
+            raise TypeError(f"Argument `log_dir` must be a path. Received: log_dir={log_dir!r}")
+        super().__init__(log_dir=log_dir, **kwargs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        with self._train_writer.as_default():
+            for wrapper in collect_wrappers(self.model):
+                for path, sparsity, threshold in weight_sparsities(wrapper):
+                    self.summary.scalar(f"{path}/pruning_sparsity", sparsity, step=epoch)
+                    self.summary.scalar(f"{path}/threshold", threshold, step=epoch)
+        self._train_writer.flush()
