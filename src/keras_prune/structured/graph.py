@@ -1,0 +1,420 @@
+"""The channel dependency graph: which channels of which layers must be removed together.
+
+Every channel position a layer owns (a Dense's output units, a Conv's input rows, a
+BatchNorm's scales, ...) is an *element*. A tensor carries, for each position of its last
+(channel) axis, the element it comes from. Layers that keep channels in place (activations,
+pooling, BatchNorm, Add, ...) tie their input positions to their own; Concatenate joins the
+arrays; Flatten repeats them once per spatial position. A union-find over elements then gives
+*units*: the sets of positions that disappear together when one channel is removed. Units
+that share a producer (a layer whose config sets the width: Dense, Conv, heads of
+MultiHeadAttention, ...) form one *group*, pruned at one ratio.
+
+A layer the graph does not understand ties its inputs to a blocked element: any group that
+reaches it is left untouched and reported, never guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+from keras import layers
+
+_CONV = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
+_CONV_T = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
+_SEPARABLE = (layers.SeparableConv1D, layers.SeparableConv2D)
+_DEPTHWISE = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
+_MERGE = (
+    layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum,
+)
+# Channel-wise layers without weights: each output channel depends on the same input channel.
+_PASS = (
+    layers.ReLU, layers.LeakyReLU, layers.ELU, layers.Dropout, layers.SpatialDropout1D,
+    layers.SpatialDropout2D, layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
+    layers.AlphaDropout, layers.ActivityRegularization, layers.Identity, layers.Rescaling,
+    layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D, layers.AveragePooling1D,
+    layers.AveragePooling2D, layers.AveragePooling3D, layers.GlobalAveragePooling1D,
+    layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D, layers.GlobalMaxPooling1D,
+    layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D, layers.ZeroPadding1D,
+    layers.ZeroPadding2D, layers.ZeroPadding3D, layers.Cropping1D, layers.Cropping2D,
+    layers.Cropping3D, layers.UpSampling1D, layers.UpSampling2D, layers.UpSampling3D,
+)
+# Activations that mix channels: removing even an all-zero channel changes the result.
+_MIXING_ACTIVATIONS = ("softmax", "log_softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Channels that are removed together, and whether they may be removed at all.
+
+    Attributes:
+        index: the group's position in ``ChannelGraph.groups``.
+        producers: the layers whose width this group sets (``"layer"`` or ``"layer:heads"``).
+        layers: every layer with a weight or config that changes when a unit is removed.
+        units: the group's removable units (indices into the graph's unit arrays).
+        blocked: why the group must stay as it is, or ``None`` when it is prunable.
+    """
+
+    index: int
+    producers: tuple[str, ...]
+    layers: tuple[str, ...]
+    units: tuple[int, ...]
+    blocked: str | None
+
+    @property
+    def size(self) -> int:
+        """The number of units (channels, or heads) in the group."""
+        return len(self.units)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSlots:
+    """Which slot indexes each axis of one weight of a layer (``None``: axis never sliced)."""
+
+    index: int  # position in layer.weights
+    axes: tuple[str | None, ...]
+
+
+class ChannelGraph:
+    """The coupled channel groups of a built Sequential or functional Keras model.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
+        ...                           keras.layers.Dense(2)])
+        >>> [g.producers for g in ChannelGraph(model).groups]
+        [('dense',), ('dense_1',)]
+    """
+
+    def __init__(self, model: keras.Model, exclude: tuple[str, ...] = ()):
+        if not isinstance(model, keras.Model):
+            raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
+        if not model.built or not getattr(model, "outputs", None):
+            raise ValueError(
+                "Structured pruning needs a built Sequential or functional model with known "
+                "inputs. Build it first, e.g. start a Sequential with keras.Input(shape)."
+            )
+        self.model = model
+        self.unknown: dict[str, str] = {}  # layer name -> why the graph left it alone
+        self._parent: list[int] = []
+        self._blocked: dict[int, str] = {}  # element -> reason
+        self._slots: dict[str, dict[str, np.ndarray]] = {}
+        self._producers: list[tuple[str, str]] = []
+        self.weight_slots: dict[str, list[WeightSlots]] = {}
+        self._trace(set(exclude))
+        self._build_groups()
+
+    # -- union-find over elements -------------------------------------------------------
+
+    def _new(self, n: int) -> np.ndarray:
+        start = len(self._parent)
+        self._parent.extend(range(start, start + n))
+        return np.arange(start, start + n)
+
+    def _find(self, e: int) -> int:
+        parent = self._parent
+        root = e
+        while parent[root] != root:
+            root = parent[root]
+        while parent[e] != root:
+            parent[e], e = root, parent[e]
+        return root
+
+    def _union(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = self._find(x), self._find(y)
+            if rx != ry:
+                self._parent[max(rx, ry)] = min(rx, ry)
+
+    def _block(self, ids: np.ndarray, reason: str) -> None:
+        for e in ids.tolist():
+            self._blocked.setdefault(e, reason)
+
+    def _slot(self, layer, name: str, size: int, tie: np.ndarray | None = None) -> np.ndarray:
+        """The layer's own elements for ``name`` (created once, shared by all its calls)."""
+        slots = self._slots.setdefault(layer.name, {})
+        if name not in slots:
+            slots[name] = self._new(size)
+        if tie is not None:
+            self._union(slots[name], tie)
+        return slots[name]
+
+    def _weights(self, layer, spec: dict[str, tuple[str | None, ...]]) -> None:
+        """Records which slot indexes each axis of the weights whose path ends with a key."""
+        found = []
+        for i, variable in enumerate(layer.weights):
+            for suffix, axes in spec.items():
+                if variable.path == suffix or variable.path.endswith("/" + suffix):
+                    found.append(WeightSlots(i, axes))
+        self.weight_slots[layer.name] = found
+
+    # -- tracing --------------------------------------------------------------------------
+
+    def _trace(self, exclude: set[str]) -> None:
+        ids: dict[int, np.ndarray] = {}  # id(KerasTensor) -> channel elements
+        for tensor in self.model.inputs:
+            ids[id(tensor)] = self._new(_channels(tensor))
+            self._block(ids[id(tensor)], "model input channels are kept")
+        for layer, node in walk_nodes(self.model):
+            inputs = node.arguments.keras_tensors
+            in_ids = [ids[id(t)] for t in inputs]
+            if layer.name in exclude:
+                outs = self._opaque(node, in_ids, f"layer '{layer.name}' is excluded")
+            else:
+                try:
+                    outs = self._trace_layer(layer, node, inputs, in_ids)
+                except _Unknown as why:
+                    self.unknown[layer.name] = str(why)
+                    outs = self._opaque(node, in_ids, f"layer '{layer.name}': {why}")
+            for tensor, out in zip(node.outputs, outs):
+                ids[id(tensor)] = out
+        for tensor in self.model.outputs:
+            self._block(ids[id(tensor)], "model output channels are kept")
+
+    def _opaque(self, node, in_ids, reason: str) -> list[np.ndarray]:
+        for i in in_ids:
+            self._block(i, reason)
+        outs = [self._new(_channels(t)) for t in node.outputs]
+        for out in outs:
+            self._block(out, reason)
+        return outs
+
+    def _trace_layer(self, layer, node, inputs, in_ids) -> list[np.ndarray]:
+        if isinstance(layer, layers.InputLayer):
+            return in_ids
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            raise _Unknown("only channels_last layouts are supported")
+        if isinstance(layer, _MERGE):
+            return [self._merge(in_ids)]
+        if isinstance(layer, layers.Concatenate):
+            rank = len(inputs[0].shape)
+            if layer.axis in (-1, rank - 1):
+                return [np.concatenate(in_ids)]
+            return [self._merge(in_ids)]
+        if isinstance(layer, layers.MultiHeadAttention):
+            return self._trace_attention(layer, node, in_ids)
+        if len(in_ids) != 1 or len(node.outputs) != 1:
+            raise _Unknown(f"{type(layer).__name__} with several inputs or outputs")
+        (x,), tensor = in_ids, inputs[0]
+        if isinstance(layer, _PASS):
+            return [x]
+        if isinstance(layer, layers.Activation):
+            if _activation_name(layer) in _MIXING_ACTIVATIONS:
+                raise _Unknown("its activation mixes channels")
+            return [x]
+        if isinstance(layer, layers.PReLU):
+            if tuple(layer.alpha.shape)[-1] == 1:
+                return [x]
+            self._slot(layer, "c", len(x), tie=x)
+            self._weights(layer, {"alpha": (None,) * (len(layer.alpha.shape) - 1) + ("c",)})
+            return [x]
+        if isinstance(layer, (layers.BatchNormalization, layers.LayerNormalization)):
+            axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+            if axis not in (-1, (-1,), len(tensor.shape) - 1, (len(tensor.shape) - 1,)):
+                raise _Unknown("it normalizes over an axis other than the channel axis")
+            self._slot(layer, "c", len(x), tie=x)
+            self._weights(layer, {n: ("c",) for n in ("gamma", "beta", "moving_mean",
+                                                      "moving_variance")})
+            return [x]
+        if isinstance(layer, layers.Flatten):
+            return [np.tile(x, _spatial(tensor))]
+        if isinstance(layer, layers.Reshape):
+            return [self._reshape(layer, tensor, x)]
+        return [self._trace_weighted(layer, x, tensor)]
+
+    def _trace_weighted(self, layer, x: np.ndarray, tensor) -> np.ndarray:
+        nd = len(tensor.shape) - 2  # spatial dims of a conv input
+        if isinstance(layer, _SEPARABLE):
+            inn = self._slot(layer, "in", len(x), tie=x)
+            self._slots[layer.name]["mid"] = np.repeat(inn, layer.depth_multiplier)
+            out = self._producer(layer, "out", layer.filters)
+            self._weights(layer, {
+                "depthwise_kernel": (None,) * nd + ("in", None),
+                "pointwise_kernel": (None,) * nd + ("mid", "out"),
+                "bias": ("out",),
+            })
+            return out
+        if isinstance(layer, _DEPTHWISE):
+            inn = self._slot(layer, "in", len(x), tie=x)
+            out = self._slots[layer.name]["out"] = np.repeat(inn, layer.depth_multiplier)
+            self._weights(layer, {"kernel": (None,) * nd + ("in", None), "bias": ("out",)})
+            return out
+        if isinstance(layer, _CONV):
+            if layer.groups != 1:
+                raise _Unknown("grouped convolutions are not supported")
+            self._slot(layer, "in", len(x), tie=x)
+            out = self._producer(layer, "out", layer.filters)
+            self._weights(layer, {"kernel": (None,) * nd + ("in", "out"), "bias": ("out",)})
+            return out
+        if isinstance(layer, _CONV_T):
+            self._slot(layer, "in", len(x), tie=x)
+            out = self._producer(layer, "out", layer.filters)
+            self._weights(layer, {"kernel": (None,) * nd + ("out", "in"), "bias": ("out",)})
+            return out
+        if isinstance(layer, layers.Dense):
+            self._slot(layer, "in", len(x), tie=x)
+            out = self._producer(layer, "out", layer.units)
+            self._weights(layer, {"kernel": ("in", "out"), "bias": ("out",)})
+            return out
+        if isinstance(layer, layers.Embedding):
+            out = self._producer(layer, "out", layer.output_dim)
+            self._weights(layer, {"embeddings": (None, "out")})
+            return out
+        raise _Unknown(f"no channel rule for {type(layer).__name__}")
+
+    def _producer(self, layer, slot: str, size: int) -> np.ndarray:
+        out = self._slot(layer, slot, size)
+        if (layer.name, slot) not in self._producers:
+            self._producers.append((layer.name, slot))
+        if _activation_name(layer) in _MIXING_ACTIVATIONS:
+            self._block(out, f"layer '{layer.name}' has a softmax activation across channels")
+        return out
+
+    def _merge(self, in_ids: list[np.ndarray]) -> np.ndarray:
+        width = max(len(i) for i in in_ids)
+        full = [i for i in in_ids if len(i) == width]
+        if any(len(i) not in (1, width) for i in in_ids):
+            raise _Unknown("it merges tensors of different channel counts")
+        for other in full[1:]:
+            self._union(full[0], other)
+        return full[0]
+
+    def _reshape(self, layer, tensor, x: np.ndarray) -> np.ndarray:
+        target = tuple(layer.target_shape)
+        if len(target) == 1:  # a flatten
+            out = np.tile(x, _spatial(tensor))
+        elif target[-1] == len(x) and -1 not in target[:-1]:  # channels stay last
+            out = x
+        else:
+            raise _Unknown("it moves the channel axis")
+        self._slots.setdefault(layer.name, {})["out"] = out
+        return out
+
+    # -- MultiHeadAttention (handled before the generic single-input path) -----------------
+
+    def _trace_attention(self, layer, node, in_ids) -> list[np.ndarray]:
+        reason = f"layer '{layer.name}' keeps its input and output width"
+        outs = self._opaque(node, in_ids, reason)
+        self._producer(layer, "heads", layer.num_heads)
+        spec = {f"{n}/kernel": (None, "heads", None) for n in ("query", "key", "value")}
+        spec.update({f"{n}/bias": ("heads", None) for n in ("query", "key", "value")})
+        spec["attention_output/kernel"] = ("heads", None, None)
+        self._weights(layer, spec)
+        return outs
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def _build_groups(self) -> None:
+        roots = sorted({self._find(e) for slot in self._producers
+                        for e in self._slots[slot[0]][slot[1]].tolist()})
+        unit_of = {r: i for i, r in enumerate(roots)}
+        self._units = {
+            name: {s: np.array([unit_of.get(self._find(e), -1) for e in ids.tolist()], np.int64)
+                   for s, ids in slots.items()}
+            for name, slots in self._slots.items()
+        }
+        # Units sharing a producer belong to one group: a small union-find over units.
+        parent = list(range(len(roots)))
+
+        def find(u: int) -> int:
+            while parent[u] != u:
+                parent[u] = parent[parent[u]]
+                u = parent[u]
+            return u
+
+        for name, slot in self._producers:
+            units = [unit_of[self._find(e)] for e in self._slots[name][slot].tolist()]
+            for u in units[1:]:
+                parent[find(u)] = find(units[0])
+        members: dict[int, list[int]] = {}
+        for u in range(len(roots)):
+            members.setdefault(find(u), []).append(u)
+        blocked = {unit_of.get(self._find(e)): why for e, why in reversed(self._blocked.items())}
+        groups = []
+        for units in members.values():
+            unit_set = set(units)
+            producers = tuple(
+                name if slot == "out" else f"{name}:{slot}"
+                for name, slot in self._producers
+                if self.unit_ids(name, slot)[0] in unit_set
+            )
+            touched = tuple(
+                name for name, slots in self._units.items()
+                if any(np.isin(ids, units).any() for ids in slots.values())
+            )
+            reason = next((blocked[u] for u in units if u in blocked), None)
+            groups.append(Group(len(groups), producers, touched, tuple(units), reason))
+        self.groups = groups
+        self.num_units = len(roots)
+
+    def unit_ids(self, layer_name: str, slot: str) -> np.ndarray:
+        """For each position of a layer's slot, the unit it belongs to (-1: not removable)."""
+        return self._units[layer_name][slot]
+
+    def slots(self, layer_name: str) -> dict[str, np.ndarray]:
+        """All slots of a layer, as unit indices per position."""
+        return dict(self._units.get(layer_name, {}))
+
+    def summary(self) -> str:
+        """One line per group: producers, size, and why it is blocked if it is."""
+        lines = []
+        for g in self.groups:
+            state = f"blocked: {g.blocked}" if g.blocked else "prunable"
+            lines.append(f"group {g.index}: {', '.join(g.producers)} ({g.size} units) {state}")
+        lines += [f"left untouched: {name} ({why})" for name, why in self.unknown.items()]
+        return "\n".join(lines)
+
+
+class _Unknown(Exception):
+    """Raised while tracing a layer the graph cannot reason about."""
+
+
+def walk_nodes(model: keras.Model):
+    """Yields ``(layer, node)`` for every call in ``model``'s graph, inputs before outputs.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> [layer.name for layer, _ in walk_nodes(model)]
+        ['dense']
+    """
+    order, seen = [], set()
+    stack = [(t, False) for t in reversed(model.outputs)]
+    while stack:
+        tensor, expanded = stack.pop()
+        history = getattr(tensor, "_keras_history", None)
+        if history is None or history.operation is None:
+            continue
+        node = history.operation._inbound_nodes[history.node_index]
+        if expanded:
+            order.append((history.operation, node))
+            continue
+        # A DAG: a node reached again while its inputs are being walked is already queued.
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((tensor, True))
+        stack.extend((t, False) for t in reversed(node.arguments.keras_tensors))
+    return [(op, node) for op, node in order if not isinstance(op, layers.InputLayer)]
+
+
+def _channels(tensor) -> int:
+    size = tensor.shape[-1] if len(tensor.shape) else 1
+    if size is None:
+        raise ValueError(
+            f"Tensor '{tensor.name}' has an unknown channel count; structured pruning needs "
+            "static channel sizes. Give the model a fully specified input shape."
+        )
+    return int(size)
+
+
+def _spatial(tensor) -> int:
+    dims = tensor.shape[1:-1]
+    if any(d is None for d in dims):
+        raise _Unknown("it flattens a tensor of unknown spatial size")
+    return math.prod(dims)
+
+
+def _activation_name(layer) -> str:
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", str(activation))

@@ -1,0 +1,159 @@
+"""Importance of each removable unit (channel or head), summed over its coupled group.
+
+A unit's score gathers every weight slice that disappears with it: the producer's output
+column, the consumers' input rows, BatchNorm scales, biases. Higher means kept longer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import keras
+import numpy as np
+from keras import layers
+
+from keras_prune.structured.graph import ChannelGraph
+
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+
+
+def unit_scores(
+    graph: ChannelGraph,
+    importance: str = "l1",
+    calibration_data=None,
+) -> np.ndarray:
+    """Scores every unit of ``graph``.
+
+    Args:
+        graph: the model's channel graph.
+        importance: ``"l1"`` (sum of ``|w|``), ``"l2"`` (the L2 norm of all the unit's
+            weights), ``"bn_scale"`` (``|gamma|`` of the group's BatchNormalization layers;
+            groups without one score 0 everywhere and fall back to L1, see
+            :func:`bn_scale_groups`), or ``"taylor"`` (first-order Taylor: ``|w * dL/dw|``
+            summed over the unit, gradients from ``calibration_data`` and the model's
+            compiled loss).
+        calibration_data: for ``"taylor"``: a tuple ``(x, y)`` of arrays, or an iterable of
+            ``(x, y)`` batches.
+
+    Returns:
+        A float64 array with one score per unit.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
+        ...                           keras.layers.Dense(1)])
+        >>> unit_scores(ChannelGraph(model), "l1").shape
+        (2,)
+    """
+    if importance == "taylor":
+        grads = _gradients(graph.model, calibration_data)
+        return _accumulate(graph, lambda layer, var: np.abs(_numpy(var) * grads[id(var)]))
+    if importance == "l2":
+        return np.sqrt(_accumulate(graph, lambda layer, var: np.square(_numpy(var))))
+    if importance == "bn_scale":
+        bn = _accumulate(graph, _bn_gamma)
+        l1 = _accumulate(graph, lambda layer, var: np.abs(_numpy(var)))
+        for group in graph.groups:
+            units = list(group.units)
+            if not bn[units].any():
+                bn[units] = l1[units]
+        return bn
+    return _accumulate(graph, lambda layer, var: np.abs(_numpy(var)))
+
+
+def bn_scale_groups(graph: ChannelGraph) -> list[int]:
+    """Indices of the groups that hold a BatchNormalization layer (``"bn_scale"`` applies)."""
+    return [
+        g.index for g in graph.groups
+        if any(isinstance(graph.model.get_layer(n), layers.BatchNormalization) for n in g.layers)
+    ]
+
+
+def _accumulate(graph: ChannelGraph, per_weight) -> np.ndarray:
+    """Sums ``per_weight(layer, variable)`` over every axis position that a unit owns."""
+    scores = np.zeros(graph.num_units)
+    for name, specs in graph.weight_slots.items():
+        layer = graph.model.get_layer(name)
+        for spec in specs:
+            variable = layer.weights[spec.index]
+            if not variable.trainable:
+                continue
+            values = per_weight(layer, variable)
+            if values is None:
+                continue
+            for axis, slot in enumerate(spec.axes):
+                if slot is None:
+                    continue
+                units = graph.unit_ids(name, slot)
+                other = tuple(a for a in range(values.ndim) if a != axis)
+                per_position = values.sum(axis=other)
+                mask = units >= 0
+                np.add.at(scores, units[mask], per_position[mask])
+    return scores
+
+
+def _bn_gamma(layer, variable) -> np.ndarray | None:
+    is_scale = isinstance(layer, layers.BatchNormalization) and variable is layer.gamma
+    return np.abs(_numpy(variable)) if is_scale else None
+
+
+def _numpy(variable) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(variable), dtype=np.float64)
+
+
+def _batches(calibration_data) -> Iterable:
+    if calibration_data is None:
+        raise ValueError(
+            "Argument `calibration_data` is required for importance='taylor'. Pass a tuple "
+            "(x, y) of a few batches of training data."
+        )
+    if isinstance(calibration_data, tuple) and len(calibration_data) == 2:
+        x, y = calibration_data
+        n = len(x)
+        return [(x[i : i + 64], y[i : i + 64]) for i in range(0, n, 64)]
+    return calibration_data
+
+
+def _gradients(model: keras.Model, calibration_data) -> dict[int, np.ndarray]:
+    """Gradients of the compiled loss, summed over the calibration batches, by variable id."""
+    if getattr(model, "loss", None) is None or isinstance(model.loss, (dict, list)):
+        raise ValueError(
+            "importance='taylor' needs a model compiled with a single loss. Call "
+            "model.compile(loss=...) first, or use importance='l1'."
+        )
+    loss_fn = keras.losses.get(model.loss)
+    variables = model.trainable_variables
+    total = [np.zeros(v.shape) for v in variables]
+    backend = keras.backend.backend()
+    for x, y in _batches(calibration_data):
+        if backend == "tensorflow":
+            grads = _tf_gradients(model, loss_fn, x, y)
+        elif backend == "jax":
+            grads = _jax_gradients(model, loss_fn, x, y)
+        else:
+            raise ValueError(
+                f"importance='taylor' supports the tensorflow and jax backends. Received: "
+                f"backend={backend!r}. Use importance='l1' on this backend."
+            )
+        for acc, g in zip(total, grads):
+            acc += np.asarray(g, dtype=np.float64)
+    return {id(v): g for v, g in zip(variables, total)}
+
+
+def _tf_gradients(model, loss_fn, x, y) -> list:
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn(y, model(x, training=False))
+    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+def _jax_gradients(model, loss_fn, x, y) -> list:
+    import jax
+
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss_of(trainable):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return loss_fn(y, y_pred)
+
+    return list(jax.grad(loss_of)([v.value for v in model.trainable_variables]))

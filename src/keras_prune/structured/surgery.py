@@ -1,0 +1,70 @@
+"""Surgery: rebuild a smaller dense model from a plan and copy the kept weight slices."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import layers
+
+from keras_prune.structured.graph import _CONV, _CONV_T, _SEPARABLE
+from keras_prune.structured.plan import ChannelPlan
+
+
+def apply_plan(plan: ChannelPlan) -> keras.Model:
+    """Returns a new model without the plan's removed units; the input model is unchanged.
+
+    Layers keep their names. Configs shrink (``units``, ``filters``, ``output_dim``,
+    ``num_heads``, a Reshape's ``target_shape``); every weight is sliced along the axes
+    whose channels were removed. The new model is not compiled.
+    """
+    model = plan.graph.model
+    configs = {layer.name: _resized_config(layer, plan) for layer in model.layers}
+
+    def clone(layer):
+        return layer.__class__.from_config(configs.get(layer.name) or layer.get_config())
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.weights:
+            _copy_weights(layer, new_model.get_layer(layer.name), plan)
+    return new_model
+
+
+def _resized_config(layer, plan: ChannelPlan) -> dict | None:
+    slots = plan.graph.slots(layer.name)
+    if not slots:
+        return None
+    config = layer.get_config()
+    if isinstance(layer, layers.MultiHeadAttention):
+        config["num_heads"] = int(plan.keep_mask(layer.name, "heads").sum())
+    elif "out" in slots:
+        width = int(plan.keep_mask(layer.name, "out").sum())
+        if isinstance(layer, layers.Dense):
+            config["units"] = width
+        elif isinstance(layer, _CONV + _CONV_T + _SEPARABLE):
+            config["filters"] = width
+        elif isinstance(layer, layers.Embedding):
+            config["output_dim"] = width
+        elif isinstance(layer, layers.Reshape) and config["target_shape"][-1] != -1:
+            config["target_shape"] = tuple(config["target_shape"][:-1]) + (width,)
+    return config
+
+
+def _copy_weights(old, new, plan: ChannelPlan) -> None:
+    specs = {spec.index: spec.axes for spec in plan.graph.weight_slots.get(old.name, [])}
+    values = []
+    for i, variable in enumerate(old.weights):
+        value = keras.ops.convert_to_numpy(variable)
+        for axis, slot in enumerate(specs.get(i, ())):
+            if slot is not None:
+                value = np.compress(plan.keep_mask(old.name, slot), value, axis=axis)
+        values.append(value)
+    targets = new.weights
+    shapes = [tuple(v.shape) for v in targets]
+    if shapes != [v.shape for v in values]:
+        raise RuntimeError(
+            f"Internal error rebuilding layer '{old.name}': sliced weight shapes "
+            f"{[v.shape for v in values]} do not match the new layer's {shapes}."
+        )
+    for variable, value in zip(targets, values):
+        variable.assign(value)
