@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -9,59 +11,157 @@ from pathlib import Path
 import keras
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+ARCHITECTURE_SUFFIX = ".json"
 
 
 class ModelFileError(ValueError):
     """A model file is missing, unreadable, or not a model keras-prune can load."""
 
 
-def load_model(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Model:
-    """Loads a ``.keras`` or legacy ``.h5`` model without compiling surprises.
+def load_model(
+    path: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    safe_mode: bool = True,
+) -> keras.Model:
+    """Loads a ``.keras`` model, a legacy ``.h5`` model, or a JSON architecture plus weights.
 
     Args:
-        path: the model file.
+        path: the model file, or a ``.json`` architecture (from ``model.to_json()``).
+        weights: the weights file (``.weights.h5`` or legacy ``.h5``) for a ``.json`` path.
         safe_mode: refuse files that carry code (Lambda layers); pass ``False`` only for
             files you trust.
 
     Raises:
-        ModelFileError: the file is missing, truncated, or not a Keras model.
+        ModelFileError: the file is missing, truncated, not a Keras model, or carries code
+            while ``safe_mode`` is on.
+
+    Example:
+        >>> model = load_model("model.json", weights="model.weights.h5")
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"Model file '{path}' does not exist. Check the path.")
-    if path.suffix.lower() not in MODEL_SUFFIXES:
+    path = _check_input(path, "Model")
+    suffix = path.suffix.lower()
+    if suffix == ARCHITECTURE_SUFFIX:
+        if weights is None:
+            raise ModelFileError(
+                f"'{path}' is an architecture without weights; pass its weights file too "
+                "(weights=..., CLI: --weights FILE.h5)."
+            )
+        return _load_json(path, _check_input(weights, "Weights"), safe_mode)
+    if weights is not None:
+        raise ModelFileError(
+            f"Argument `weights` is only for a .json architecture; '{path}' holds its own weights."
+        )
+    if path.name.lower().endswith(".weights.h5"):
+        raise ModelFileError(
+            f"'{path}' holds only weights; load its architecture (.json) and pass this file "
+            "as weights (CLI: MODEL.json --weights FILE)."
+        )
+    if suffix not in MODEL_SUFFIXES:
         raise ModelFileError(
             f"Model file '{path}' has an unknown extension; expected one of "
-            f"{', '.join(MODEL_SUFFIXES)}."
+            f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX,))}."
         )
-    try:
+    with _load_errors(path):
         return keras.saving.load_model(path, safe_mode=safe_mode)
-    except ValueError as error:
-        if "safe_mode" in str(error) or "unsafe" in str(error).lower():
+
+
+def _check_input(path: str | os.PathLike, what: str) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{what} path '{path}' is a folder; pass the file itself.")
+    if not path.is_file():
+        raise ModelFileError(f"{what} file '{path}' does not exist. Check the path.")
+    return path
+
+
+def _load_json(path: Path, weights: Path, safe_mode: bool) -> keras.Model:
+    with _load_errors(path):
+        try:
+            config = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelFileError(f"'{path}' is not a JSON model architecture: {error}.") from None
+        if not isinstance(config, dict) or "class_name" not in config:
+            raise ModelFileError(
+                f"'{path}' is JSON but not a model architecture (no `class_name`); save one "
+                "with `model.to_json()`."
+            )
+        model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
+        if not isinstance(model, keras.Model):
+            raise ModelFileError(f"'{path}' describes a {type(model).__name__}, not a model.")
+    with _load_errors(weights):
+        model.load_weights(weights)
+    return model
+
+
+@contextlib.contextmanager
+def _load_errors(path: Path):
+    """Turns the many error types of Keras, h5py and zipfile into one clear ModelFileError."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except Exception as error:  # h5py, zipfile and TensorFlow raise many types for bad files
+        text = str(error)
+        if "safe_mode" in text or "unsafe" in text.lower():
             raise ModelFileError(
                 f"Model file '{path}' contains code (for example a Lambda layer), which safe "
                 "mode refuses to run. Load it with safe_mode=False (CLI: --unsafe) only if "
                 "you trust the file."
             ) from error
-        raise ModelFileError(f"Cannot load '{path}' as a Keras model: {_first_line(error)}") from error
-    except Exception as error:  # h5py, zipfile and TensorFlow raise many types for bad files
-        raise ModelFileError(f"Cannot load '{path}' as a Keras model: {_first_line(error)}") from error
+        raise ModelFileError(
+            f"Cannot load '{path}' as a Keras model ({_first_line(error)}); check that the "
+            "file is complete and was saved by Keras."
+        ) from error
 
 
-def check_output_path(path: str | os.PathLike, *, overwrite: bool = False, inputs=()) -> Path:
-    """Validates an output path before any work: never an input, never a silent overwrite."""
+def check_output_path(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs=(),
+    suffixes: tuple[str, ...] | None = None,
+) -> Path:
+    """Validates an output path before any work: never an input, never a silent overwrite.
+
+    Args:
+        path: the file to write.
+        overwrite: allow replacing an existing file (CLI: ``--overwrite``).
+        inputs: input files the output must not be.
+        suffixes: allowed extensions (lower case), or ``None`` for any.
+
+    Raises:
+        ValueError: the path is an input, exists, has a wrong extension, or its folder is
+            missing or not writable.
+    """
     path = Path(path)
     for source in inputs:
         if Path(source).resolve() == path.resolve():
             raise ValueError(f"Output '{path}' is the input file; choose another output path.")
+    if suffixes is not None and not any(path.name.lower().endswith(s) for s in suffixes):
+        raise ValueError(
+            f"Output '{path}' must end with one of {', '.join(suffixes)}; Keras picks the "
+            "format from the extension."
+        )
+    if path.is_dir():
+        raise ValueError(f"Output '{path}' is a folder; give a file name inside it.")
     if path.exists() and not overwrite:
         raise ValueError(f"Output '{path}' already exists; pass --overwrite to replace it.")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise ValueError(f"Output folder '{parent}' does not exist; create it first.")
-    if not os.access(parent, os.W_OK):
+    if not _writable(parent):
         raise ValueError(f"Output folder '{parent}' is not writable; choose another output path.")
     return path
+
+
+def _writable(folder: Path) -> bool:
+    # Creating a file is the only reliable test: os.access says yes to root on read-only mounts.
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -84,7 +184,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 
 def save_model(model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Saves ``model`` atomically; refuses to replace an existing file unless ``overwrite``."""
-    check_output_path(path, overwrite=overwrite)
+    check_output_path(path, overwrite=overwrite, suffixes=MODEL_SUFFIXES)
     return atomic_write(path, lambda tmp: model.save(tmp))
 
 

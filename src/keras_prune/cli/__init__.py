@@ -14,6 +14,9 @@ import sys
 # Subcommand modules, in the order `keras-prune --help` lists them.
 SUBCOMMANDS = [
     "demo",
+    "inspect_model",
+    "prune_model",
+    "strip",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2

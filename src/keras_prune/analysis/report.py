@@ -1,0 +1,316 @@
+"""What a model's weights look like after pruning: per-layer counts, patterns and bytes.
+
+The compressed size is an estimate of a simple sparse encoding: each prunable tensor is
+stored as a bitmask (one bit per weight) plus its nonzero values, or densely when that is
+smaller; every other weight (biases, BatchNorm statistics) is stored densely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+
+import keras
+import numpy as np
+
+from keras_prune.registry import UnsupportedLayerError, prunable_weights
+from keras_prune.wrapper import PruneLowMagnitude
+
+# Candidate block shapes for pattern detection, largest area first.
+_BLOCKS = sorted(
+    [(r, c) for r in (1, 2, 4, 8, 16) for c in (1, 2, 4, 8, 16) if r * c > 1],
+    key=lambda rc: (-rc[0] * rc[1], rc),
+)
+_GROUPS = (2, 4, 8, 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """One layer's row in a :class:`PruningReport`.
+
+    Attributes:
+        path: the layer's name, prefixed by nested models' names (``"encoder/dense_1"``).
+        type: the layer's class name.
+        params: number of weights the layer holds (kernels, biases, statistics).
+        prunable: number of those weights pruning may zero.
+        nonzeros: number of nonzero weights among all ``params``.
+        sparsity: fraction of the ``prunable`` weights that are exactly zero.
+        pattern: ``"dense"``, ``"unstructured"``, ``"M:N"`` (M zeros in every N consecutive
+            input weights), ``"block RxC"``, ``"mixed"``, ``"-"`` (nothing prunable) or
+            ``"unsupported"`` (a custom layer that declares no prunable weights).
+        dense_bytes: bytes of all the layer's weights stored densely.
+        compressed_bytes: estimated bytes with prunable tensors stored sparsely.
+    """
+
+    path: str
+    type: str
+    params: int
+    prunable: int
+    nonzeros: int
+    sparsity: float
+    pattern: str
+    dense_bytes: int
+    compressed_bytes: int
+
+
+@dataclasses.dataclass
+class PruningReport:
+    """Per-layer statistics of a model, the settings that produced it, and the model.
+
+    Attributes:
+        layers: one :class:`LayerSummary` per layer that holds weights.
+        settings: what was asked (method, sparsity or threshold, scope, pattern, ...).
+        history: per-round records of an iterative run (sparsity, metrics).
+        model: the model the report describes (not serialized).
+
+    Example:
+        >>> report = summarize(model)
+        >>> report.totals["sparsity"], report.to_json()[:1]
+        (0.0, '{')
+    """
+
+    layers: list[LayerSummary]
+    settings: dict = dataclasses.field(default_factory=dict)
+    history: list[dict] = dataclasses.field(default_factory=list)
+    model: keras.Model | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def totals(self) -> dict:
+        """Sums over all layers; ``sparsity`` is over prunable weights only."""
+        total = {key: sum(getattr(row, key) for row in self.layers) for key in _SUMMED}
+        zeros = sum(round(row.sparsity * row.prunable) for row in self.layers)
+        total["sparsity"] = zeros / total["prunable"] if total["prunable"] else 0.0
+        total["compression"] = (
+            total["dense_bytes"] / total["compressed_bytes"] if total["compressed_bytes"] else 1.0
+        )
+        return total
+
+    def layer(self, path: str) -> LayerSummary:
+        """The row of the layer whose path is ``path`` or ends with ``"/" + path``."""
+        for row in self.layers:
+            if row.path == path or row.path.endswith("/" + path):
+                return row
+        raise KeyError(f"No layer '{path}' in this report; known: {[r.path for r in self.layers]}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: ``layers``, ``totals``, ``settings`` and ``history``."""
+        return {
+            "layers": [dataclasses.asdict(row) for row in self.layers],
+            "totals": self.totals,
+            "settings": dict(self.settings),
+            "history": list(self.history),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON text (see :meth:`to_dict`)."""
+        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+
+    def to_table(self, title: str | None = None):
+        """The report as a ``rich.table.Table``: one row per layer, then the totals."""
+        from rich.table import Table
+
+        table = Table(title=title, show_footer=True, footer_style="bold")
+        t = self.totals
+        columns = [
+            ("layer", "total", "left"),
+            ("type", "", "left"),
+            ("params", f"{t['params']:,}", "right"),
+            ("prunable", f"{t['prunable']:,}", "right"),
+            ("nonzeros", f"{t['nonzeros']:,}", "right"),
+            ("sparsity", f"{t['sparsity']:.1%}", "right"),
+            ("pattern", "", "left"),
+            ("bytes", _human(t["dense_bytes"]), "right"),
+            ("compressed", f"{_human(t['compressed_bytes'])} ({t['compression']:.2f}x)", "right"),
+        ]
+        for header, footer, justify in columns:
+            table.add_column(header, footer=footer, justify=justify)
+        for row in self.layers:
+            table.add_row(
+                row.path,
+                row.type,
+                f"{row.params:,}",
+                f"{row.prunable:,}",
+                f"{row.nonzeros:,}",
+                f"{row.sparsity:.1%}" if row.prunable else "-",
+                row.pattern,
+                _human(row.dense_bytes),
+                _human(row.compressed_bytes),
+            )
+        return table
+
+    def print(self, console=None, title: str | None = None) -> None:
+        """Prints the table to ``console`` (a ``rich.console.Console``; stdout by default)."""
+        from rich.console import Console
+
+        (console or Console()).print(self.to_table(title))
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(width=140, record=True, file=_Null())
+        console.print(self.to_table())
+        return console.export_text()
+
+
+_SUMMED = ("params", "prunable", "nonzeros", "dense_bytes", "compressed_bytes")
+
+
+class _Null:
+    """A write-only sink, so rich can render to text without touching stdout."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningReport:
+    """Counts weights, zeros, patterns and bytes per layer of a built ``model``.
+
+    Args:
+        model: a built Keras model (or layer).
+        settings: optional record of how the model was pruned, kept in the report.
+
+    Returns:
+        A :class:`PruningReport` with one row per layer that holds weights.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> report = summarize(model)
+        >>> report.layers[0].params, report.totals["sparsity"]
+        (10, 0.0)
+    """
+    rows = [_layer_summary(path, layer) for path, layer in iter_layers(model) if layer.weights]
+    return PruningReport(layers=rows, settings=dict(settings or {}), model=model)
+
+
+def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    """``(path, layer)`` for the layers of ``model``, descending into nested models.
+
+    A path joins the names of the nested Sequential/functional models and the layer
+    (``"encoder/dense_1"``); it does not change when the model is saved and reloaded.
+    """
+    children = model.layers if isinstance(model, keras.Model) else [model]
+    for layer in children:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model) and _is_container(layer):
+            yield from iter_layers(layer, prefix=f"{path}/")
+        else:
+            yield path, layer
+
+
+def _is_container(model: keras.Model) -> bool:
+    # Sequential and functional models are pure containers; a subclassed model may own
+    # weights directly, so it is reported as one unit.
+    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
+
+
+def _layer_summary(path: str, layer: keras.layers.Layer) -> LayerSummary:
+    kind = type(layer).__name__
+    if isinstance(layer, PruneLowMagnitude):
+        # Count the wrapped layer's own weights; masks and step counters are not the model's.
+        kind, layer = f"{kind}({type(layer.layer).__name__})", layer.layer
+    try:
+        prunable = [np.asarray(keras.ops.convert_to_numpy(v)) for v in prunable_weights(layer)]
+        pattern = _merge_patterns([detect_pattern(w) for w in prunable]) if prunable else "-"
+    except UnsupportedLayerError:
+        prunable, pattern = [], "unsupported"
+    all_weights = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
+    n_prunable = sum(w.size for w in prunable)
+    zeros = sum(int(w.size - np.count_nonzero(w)) for w in prunable)
+    dense = sum(w.nbytes for w in all_weights)
+    saved = sum(w.nbytes - sparse_bytes(w) for w in prunable)
+    return LayerSummary(
+        path=path,
+        type=kind,
+        params=sum(w.size for w in all_weights),
+        prunable=n_prunable,
+        nonzeros=sum(int(np.count_nonzero(w)) for w in all_weights),
+        sparsity=zeros / n_prunable if n_prunable else 0.0,
+        pattern=pattern,
+        dense_bytes=dense,
+        compressed_bytes=dense - saved,
+    )
+
+
+def sparse_bytes(weights: np.ndarray) -> int:
+    """Bytes of ``weights`` as a bitmask plus nonzero values, or dense if that is smaller.
+
+    Example:
+        >>> sparse_bytes(np.zeros(64, "float32")), sparse_bytes(np.ones(64, "float32"))
+        (8, 256)
+    """
+    weights = np.asarray(weights)
+    encoded = -(-weights.size // 8) + int(np.count_nonzero(weights)) * weights.itemsize
+    return min(weights.nbytes, encoded)
+
+
+def detect_pattern(weights: np.ndarray) -> str:
+    """Names the sparsity pattern of one tensor's zeros.
+
+    ``"M:N"`` means exactly M zeros in every group of N consecutive weights along the input
+    axis (as ``sparsity_m_by_n=(M, N)`` prunes); ``"block RxC"`` means the zeros cover whole
+    RxC blocks of the 2-D view (all leading axes folded into rows).
+
+    Example:
+        >>> detect_pattern(np.array([[0.0], [1.0], [0.0], [2.0]]))
+        '2:4'
+    """
+    zero = np.asarray(weights) == 0
+    if not zero.any():
+        return "dense"
+    if zero.all():
+        return "unstructured"
+    for n in _GROUPS:
+        m = _zeros_per_group(zero, n)
+        if m:
+            return f"{m}:{n}"
+    matrix = zero.reshape(-1, zero.shape[-1]) if zero.ndim >= 2 else zero.reshape(1, -1)
+    for rows, cols in _BLOCKS:
+        if rows <= matrix.shape[0] and cols <= matrix.shape[1] and _is_blocked(matrix, rows, cols):
+            return f"block {rows}x{cols}"
+    return "unstructured"
+
+
+def _zeros_per_group(zero: np.ndarray, n: int) -> int:
+    """M if every full group of ``n`` along the input axis has exactly M zeros, else 0."""
+    axis = zero.ndim - 2 if zero.ndim >= 2 else 0
+    moved = np.moveaxis(zero, axis, -1)
+    full = (moved.shape[-1] // n) * n
+    if full == 0 or full != moved.shape[-1]:
+        return 0
+    counts = moved.reshape(-1, n).sum(axis=1)
+    return int(counts[0]) if counts.min() == counts.max() else 0
+
+
+def _is_blocked(matrix: np.ndarray, rows: int, cols: int) -> bool:
+    """Whether every (rows x cols) block of the boolean ``matrix`` is all True or all False."""
+    r, c = matrix.shape
+    padded = np.pad(matrix, ((0, -r % rows), (0, -c % cols)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // rows, rows, padded.shape[1] // cols, cols)
+    return bool(np.all(blocks.all(axis=(1, 3)) == blocks.any(axis=(1, 3))))
+
+
+def _merge_patterns(patterns: Sequence[str]) -> str:
+    distinct = set(patterns) - {"dense"}
+    if not distinct:
+        return "dense"
+    return distinct.pop() if len(distinct) == 1 else "mixed"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)
