@@ -55,3 +55,66 @@ def load_idx_dataset(folder: str | Path) -> dict[str, np.ndarray]:
     for key in ("y_train", "y_test"):
         arrays[key] = arrays[key].astype("int64")
     return arrays
+
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+
+
+def load_cifar10(
+    tar_path: str | Path, cache_dir: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """Loads the CIFAR-10 JPEG tree tar (``train/<class>/*.jpg``, ``test/<class>/*.jpg``).
+
+    Images are decoded once into uint8 arrays of shape ``(N, 32, 32, 3)``; labels (int64)
+    follow the sorted class folder names. The decoded arrays are cached as an ``.npz`` in
+    ``cache_dir`` (default ``~/.cache/keras-prune``), keyed by the tar's size and mtime.
+
+    Example:
+        ``load_cifar10("../shared/data/cifar10-jpg/CIFAR-10-images.tar")["x_test"].shape
+        == (10000, 32, 32, 3)``
+    """
+    import hashlib
+    import tarfile
+
+    tar_path = Path(tar_path)
+    if not tar_path.is_file():
+        raise FileNotFoundError(f"CIFAR-10 tar '{tar_path}' does not exist. Check the path.")
+    stat = tar_path.stat()
+    key = hashlib.sha1(f"{tar_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    cache = Path(cache_dir or Path.home() / ".cache" / "keras-prune")
+    cached = cache / f"cifar10-{key.hexdigest()[:12]}.npz"
+    if cached.is_file():
+        with np.load(cached) as data:
+            return {name: data[name] for name in data.files}
+    with tarfile.open(tar_path) as tar:
+        arrays = _decode_image_tree(tar)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(cached)
+    return arrays
+
+
+def _decode_image_tree(tar) -> dict[str, np.ndarray]:
+    """Decodes ``<split>/<class>/<file>.jpg`` members into x/y arrays per split."""
+    import io
+
+    from PIL import Image
+
+    members = [m for m in tar.getmembers() if m.isfile() and m.name.lower().endswith(".jpg")]
+    parts = [Path(m.name).parts[-3:] for m in members]
+    classes = sorted({p[1] for p in parts})
+    arrays = {}
+    for split in ("train", "test"):
+        chosen = sorted((p, m) for p, m in zip(parts, members) if p[0] == split)
+        if not chosen:
+            raise ValueError(f"The tar has no '{split}/<class>/*.jpg' images.")
+        images = [
+            np.asarray(Image.open(io.BytesIO(tar.extractfile(m).read())).convert("RGB"))
+            for _, m in chosen
+        ]
+        arrays[f"x_{split}"] = np.stack(images).astype(np.uint8)
+        arrays[f"y_{split}"] = np.array([classes.index(p[1]) for p, _ in chosen], np.int64)
+    return arrays
