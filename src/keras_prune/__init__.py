@@ -8,7 +8,9 @@ Example:
     >>> final = keras_prune.strip_pruning(pruned)
 """
 
+from keras_prune.analysis import PruningReport, summarize
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
+from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
@@ -22,10 +24,13 @@ __all__ = [
     "PrunableLayer",
     "PruneLowMagnitude",
     "PruningPolicy",
+    "PruningReport",
     "PruningSchedule",
     "PruningSummaries",
     "UnsupportedLayerError",
     "UpdatePruningStep",
+    "magnitude_prune",
     "prune_low_magnitude",
     "strip_pruning",
+    "summarize",
 ]
