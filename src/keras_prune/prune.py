@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
+from keras.src.models.functional import Functional  # Keras exports no public type for it
 
 from keras_prune import masks, registry
 from keras_prune.callbacks import collect_wrappers
@@ -37,7 +38,7 @@ class PruningPolicy:
 
 
 def _is_clonable(model: keras.Model) -> bool:
-    return isinstance(model, keras.Sequential) or getattr(model, "_is_graph_network", False)
+    return isinstance(model, (keras.Sequential, Functional))
 
 
 def _wants_pruning(layer, policy: PruningPolicy | None) -> bool:
@@ -71,19 +72,32 @@ def transform_layers(
     pairs = []
 
     def clone(layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # a stateless operation (x[..., 0], ops.add, ...) is reused as is
         if isinstance(layer, keras.Model) and _is_clonable(layer):
             return transform_layers(layer, replace, wants)
         new = replace(layer) if wants(layer) else _copy_layer(layer)
         pairs.append((layer, new))
         return new
 
-    cloned = keras.models.clone_model(model, clone_function=clone)
+    inputs = None
+    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+        inputs = keras.tree.map_structure(_same_input, model.input)
+    cloned = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     for old, new in pairs:
         target = new.layer if isinstance(new, PruneLowMagnitude) and not isinstance(old, PruneLowMagnitude) else new
         source = old.layer if isinstance(old, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude) else old
         if source.built:
             target.set_weights(source.get_weights())
     return cloned
+
+
+def _same_input(tensor):
+    """A new input like ``tensor``, with its name, so the clone's config matches."""
+    source = tensor._keras_history.operation
+    return keras.Input(
+        batch_shape=tensor.shape, dtype=tensor.dtype, sparse=tensor.sparse, name=source.name
+    )
 
 
 def _sublayer_slots(container):
@@ -110,11 +124,22 @@ def _swap(container, holder, key, old, new) -> None:
 def _plan_in_place(container, wants, plan) -> list:
     """Finds the sub-layers to swap, descending into custom container layers and models."""
     for holder, key, layer in _sublayer_slots(container):
-        if wants(layer):
-            plan.append((container, holder, key, layer))
-        elif isinstance(layer, keras.Model) or not registry.is_builtin(layer):
+        if _is_container(layer):
             _plan_in_place(layer, wants, plan)
+        elif wants(layer):
+            plan.append((container, holder, key, layer))
     return plan
+
+
+def _is_container(layer) -> bool:
+    """A model, or a custom layer without a pruning rule that only groups other layers."""
+    if isinstance(layer, keras.Model):
+        return True
+    if registry.is_builtin(layer) or registry.has_rule(layer):
+        return False
+    children = [child for _, _, child in _sublayer_slots(layer)]
+    inner = {id(w) for child in children for w in child.weights}
+    return bool(children) and all(id(w) in inner for w in layer.weights)
 
 
 def prune_low_magnitude(
@@ -210,7 +235,7 @@ def prune_low_magnitude(
 def _check_all(model: keras.Model, wants) -> None:
     """Visits every layer first, so an unsupported one raises before any cloning."""
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not isinstance(layer, keras.Model):
+        if isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model):
             wants(layer)
 
 

@@ -44,10 +44,6 @@ def _separable(layer) -> list:
     return [layer.depthwise_kernel, layer.pointwise_kernel]
 
 
-def _depthwise(layer) -> list:
-    return [layer.depthwise_kernel]
-
-
 def _embedding(layer) -> list:
     return [layer.embeddings]
 
@@ -86,13 +82,14 @@ _KERNEL_LAYERS = (
     layers.Conv1DTranspose,
     layers.Conv2DTranspose,
     layers.Conv3DTranspose,
+    layers.DepthwiseConv1D,
+    layers.DepthwiseConv2D,
 )
 
 # Most specific first: the first matching rule wins.
 _RULES: list[tuple[type | tuple[type, ...], Callable[[keras.layers.Layer], list]]] = [
     (PrunableLayer, lambda layer: list(layer.get_prunable_weights())),
     ((layers.SeparableConv1D, layers.SeparableConv2D), _separable),
-    ((layers.DepthwiseConv1D, layers.DepthwiseConv2D), _depthwise),
     (_KERNEL_LAYERS, _kernel),
     (layers.Embedding, _embedding),
     (layers.MultiHeadAttention, _attention),

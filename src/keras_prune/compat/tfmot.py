@@ -1,0 +1,73 @@
+"""A namespace shaped like ``tensorflow_model_optimization``, backed by keras-prune.
+
+Migrating tfmot code to Keras 3 is a one-line change::
+
+    import keras_prune.compat.tfmot as tfmot
+
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(
+        model, pruning_schedule=tfmot.sparsity.keras.PolynomialDecay(0.3, 0.7, 0, 1000)
+    )
+    ...
+    final = tfmot.sparsity.keras.strip_pruning(pruned)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import keras
+
+import keras_prune
+from keras_prune.schedules import ConstantSparsity
+
+
+def prune_low_magnitude(
+    to_prune,
+    pruning_schedule=None,
+    block_size=(1, 1),
+    block_pooling_type="AVG",
+    pruning_policy=None,
+    sparsity_m_by_n=None,
+    **kwargs,
+):
+    """tfmot's ``prune_low_magnitude``, with tfmot's positional argument order."""
+    return keras_prune.prune_low_magnitude(
+        to_prune,
+        pruning_schedule=pruning_schedule or ConstantSparsity(0.5, 0),
+        block_size=block_size,
+        block_pooling_type=block_pooling_type,
+        sparsity_m_by_n=sparsity_m_by_n,
+        pruning_policy=pruning_policy,
+        **kwargs,
+    )
+
+
+@contextlib.contextmanager
+def prune_scope():
+    """tfmot's deserialization scope. keras-prune classes are registered, so it is optional."""
+    objects = {
+        "PruneLowMagnitude": keras_prune.PruneLowMagnitude,
+        "ConstantSparsity": keras_prune.ConstantSparsity,
+        "PolynomialDecay": keras_prune.PolynomialDecay,
+    }
+    with keras.saving.custom_object_scope(objects):
+        yield
+
+
+sparsity = SimpleNamespace(
+    keras=SimpleNamespace(
+        prune_low_magnitude=prune_low_magnitude,
+        strip_pruning=keras_prune.strip_pruning,
+        prune_scope=prune_scope,
+        UpdatePruningStep=keras_prune.UpdatePruningStep,
+        PruningSummaries=keras_prune.PruningSummaries,
+        PruningSchedule=keras_prune.PruningSchedule,
+        ConstantSparsity=keras_prune.ConstantSparsity,
+        PolynomialDecay=keras_prune.PolynomialDecay,
+        PrunableLayer=keras_prune.PrunableLayer,
+        PruningPolicy=keras_prune.PruningPolicy,
+    )
+)
+
+__all__ = ["sparsity"]
