@@ -132,13 +132,13 @@ def prepare_output_dir(output_dir: str | Path | None, overwrite: bool = False) -
 def pruning_schedule(sparsity: float, total_steps: int):
     """PolynomialDecay from 0 to ``sparsity`` over the first two thirds of fine-tuning.
 
-    About 20 mask updates; the end step is a multiple of the frequency so the last update
+    At most 21 mask updates; the end step is a multiple of the frequency so the last update
     lands exactly on the target. The remaining third lets the kept weights recover.
     """
     from keras_prune.schedules import PolynomialDecay
 
     ramp = max(1, (2 * total_steps) // 3)
-    frequency = max(1, ramp // 20)
+    frequency = math.ceil(ramp / 20)
     end_step = max(frequency, ramp - ramp % frequency)
     return PolynomialDecay(0.0, sparsity, begin_step=0, end_step=end_step, frequency=frequency)
 
