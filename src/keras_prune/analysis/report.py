@@ -263,14 +263,15 @@ def detect_pattern(weights: np.ndarray) -> str:
         return "dense"
     if zero.all():
         return "unstructured"
-    for n in _GROUPS:
-        m = _zeros_per_group(zero, n)
-        if m:
-            return f"{m}:{n}"
+    # Blocks first: zeros in whole blocks can also happen to count M per group of N.
     matrix = zero.reshape(-1, zero.shape[-1]) if zero.ndim >= 2 else zero.reshape(1, -1)
     for rows, cols in _BLOCKS:
         if rows <= matrix.shape[0] and cols <= matrix.shape[1] and _is_blocked(matrix, rows, cols):
             return f"block {rows}x{cols}"
+    for n in _GROUPS:
+        m = _zeros_per_group(zero, n)
+        if m:
+            return f"{m}:{n}"
     return "unstructured"
 
 
