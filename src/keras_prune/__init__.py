@@ -10,6 +10,7 @@ Example:
 
 from keras_prune.analysis import PruningReport, summarize
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
+from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
 from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
@@ -27,8 +28,12 @@ __all__ = [
     "PruningReport",
     "PruningSchedule",
     "PruningSummaries",
+    "SparseFormatError",
     "UnsupportedLayerError",
     "UpdatePruningStep",
+    "export_litert",
+    "export_sparse",
+    "load_sparse",
     "magnitude_prune",
     "prune_low_magnitude",
     "strip_pruning",

@@ -12,6 +12,7 @@ import keras
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 ARCHITECTURE_SUFFIX = ".json"
+SPARSE_SUFFIX = ".kpsparse"  # keras_prune.export_sparse's compact format
 
 
 class ModelFileError(ValueError):
@@ -57,13 +58,24 @@ def load_model(
             f"'{path}' holds only weights; load its architecture (.json) and pass this file "
             "as weights (CLI: MODEL.json --weights FILE)."
         )
+    if suffix == SPARSE_SUFFIX:
+        return _load_sparse(path, safe_mode)
     if suffix not in MODEL_SUFFIXES:
         raise ModelFileError(
             f"Model file '{path}' has an unknown extension; expected one of "
-            f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX,))}."
+            f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX, SPARSE_SUFFIX))}."
         )
     with _load_errors(path):
         return keras.saving.load_model(path, safe_mode=safe_mode)
+
+
+def _load_sparse(path: Path, safe_mode: bool) -> keras.Model:
+    from keras_prune.export.sparse import load_sparse
+
+    try:
+        return load_sparse(path, safe_mode=safe_mode)
+    except ValueError as error:
+        raise ModelFileError(f"Cannot load '{path}': {_first_line(error)}") from error
 
 
 def _check_input(path: str | os.PathLike, what: str) -> Path:

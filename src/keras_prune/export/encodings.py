@@ -1,0 +1,225 @@
+"""Per-tensor encodings: each tensor is stored the smallest of several exact ways.
+
+* ``dense``: every value, for tensors with few zeros.
+* ``bitmask``: one bit per position (``np.packbits``), then the nonzero values.
+* ``gaps``: the distances between nonzero positions as varints, then the nonzero values;
+  wins for very sparse tensors, where the bitmask is mostly zero bits.
+* ``nm``: N:M metadata: for every group of ``n`` weights along the input axis, the indices of
+  its ``k`` kept weights packed in ``ceil(log2 n)`` bits each, then ``k`` values per group.
+
+Values are stored as the tensor's own dtype (lossless), or, for float kernels (rank >= 2),
+as float16 or as int8 with one float32 scale per output channel (the last axis).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from keras_prune.export import format as fmt
+from keras_prune.export.format import pack_blob, require
+
+ENCODINGS = ("dense", "bitmask", "gaps", "nm")
+VALUE_MODES = ("float32", "float16", "int8")
+NM_GROUPS = (4, 8, 16)
+
+
+def _le(dtype) -> np.dtype:
+    """The little-endian flavour of ``dtype``: files read the same on every machine."""
+    return np.dtype(dtype).newbyteorder("<")
+
+
+def quantizes(array: np.ndarray, values: str) -> bool:
+    """Lossy value modes apply to float kernels only; biases and statistics stay exact."""
+    return values != "float32" and array.dtype.kind == "f" and array.ndim >= 2
+
+
+def _quantize(array: np.ndarray, values: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The stored values (and int8 per-channel scales) for ``array`` under ``values``."""
+    if not quantizes(array, values):
+        return array, None
+    if values == "float16":
+        return array.astype(np.float16), None
+    channels = array.reshape(-1, array.shape[-1])
+    scales = (np.abs(channels).max(axis=0) / 127.0).astype(np.float32)
+    safe = np.where(scales > 0, scales, 1.0)
+    quantized = np.clip(np.rint(array / safe), -127, 127).astype(np.int8)
+    return quantized, scales
+
+
+def _nm_groups(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(axis, length) of the N:M grouping axis: the input axis, like ``m_by_n_mask``."""
+    axis = len(shape) - 2 if len(shape) >= 2 else 0
+    return axis, shape[axis]
+
+
+def _grouped(array: np.ndarray, n: int) -> np.ndarray:
+    axis, _ = _nm_groups(array.shape)
+    return np.moveaxis(array, axis, -1).reshape(-1, n)
+
+
+def _index_bits(n: int) -> int:
+    return max(1, math.ceil(math.log2(n)))
+
+
+def _nm_candidates(stored: np.ndarray, nonzero: np.ndarray):
+    """Yields (n, k, packed indices, values) for every N:M grouping that fits the tensor."""
+    if stored.ndim == 0 or stored.size == 0:
+        return
+    _, length = _nm_groups(stored.shape)
+    for n in NM_GROUPS:
+        if length % n:
+            continue
+        mask = _grouped(nonzero, n)
+        k = max(1, int(mask.sum(axis=1).max()))
+        if k > n // 2:
+            continue
+        # Kept = the nonzeros, padded with the first zero positions; indices ascending.
+        order = np.sort(np.argsort(~mask, axis=1, kind="stable")[:, :k], axis=1)
+        values = np.take_along_axis(_grouped(stored, n), order, axis=1)
+        bits = np.unpackbits(order.astype(np.uint8)[..., None], axis=-1)[..., 8 - _index_bits(n) :]
+        yield n, k, np.packbits(bits.ravel()).tobytes(), values.ravel()
+
+
+def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, list[tuple[str, dict, bytes]]]:
+    """Picks the smallest encoding of ``array``; returns its header entry and its blobs.
+
+    The blob metadata lacks ``offset``: the writer assigns offsets when laying out the file.
+    """
+    array = np.asarray(array)
+    require_dtype(array.dtype.name)
+    stored, scales = _quantize(array, values)
+    stored = stored.astype(_le(stored.dtype))
+    flat = stored.ravel()
+    # -0.0 counts as zero (masking negative weights makes it): it comes back as +0.0.
+    nonzero = stored != 0
+    kept = flat[nonzero.ravel()]
+    size = array.size
+    itemsize = stored.itemsize
+    candidates = [("dense", {}, {"values": flat.tobytes()})]
+    positions = np.flatnonzero(nonzero)
+    candidates.append(("bitmask", {}, {"positions": np.packbits(nonzero.ravel()).tobytes(), "values": kept.tobytes()}))
+    candidates.append(("gaps", {}, {"positions": fmt.encode_gaps(positions), "values": kept.tobytes()}))
+    for n, k, index_bytes, group_values in _nm_candidates(stored, nonzero):
+        candidates.append(("nm", {"group": [n, k]}, {"positions": index_bytes, "values": group_values.tobytes()}))
+    if scales is not None:
+        candidates = [(e, extra, {**blobs, "scales": scales.astype("<f4").tobytes()}) for e, extra, blobs in candidates]
+    itemsizes = {"values": itemsize, "scales": 4, "positions": 1}
+    estimates = {}
+
+    def estimate(blobs: dict) -> int:
+        for data, name in ((d, n) for n, d in blobs.items() if d not in estimates):
+            estimates[data] = pack_blob(data, itemsizes[name], quick=True)[0]["length"]
+        return sum(estimates[d] for d in blobs.values())
+
+    # Choose by a fast estimate, then compress only the winner thoroughly.
+    best = None
+    for encoding, extra, blobs in sorted(candidates, key=lambda c: estimate(c[2])):
+        parts = [(name, *pack_blob(data, itemsizes[name])) for name, data in blobs.items()]
+        # Honour the reader's expansion limit, so every file we write is one we accept.
+        if size * array.dtype.itemsize <= fmt.EXPANSION * sum(m["length"] for _, m, _ in parts) + fmt.ALLOWANCE:
+            best = ({"encoding": encoding, "nnz": len(blobs["values"]) // itemsize, **extra}, parts)
+            break
+    if best is None:  # (nearly) all zeros: an uncompressed bitmask always fits the limit
+        _, extra, blobs = candidates[1]
+        parts = [(name, {"codec": "raw", "shuffle": 1, "raw_length": len(d), "length": len(d)}, d) for name, d in blobs.items()]
+        best = ({"encoding": "bitmask", "nnz": kept.size}, parts)
+    entry, parts = best
+    entry.update(
+        dtype=array.dtype.name,
+        shape=list(array.shape),
+        quant=values if scales is not None or stored.dtype != array.dtype else "none",
+    )
+    return entry, parts
+
+
+def require_dtype(name: str) -> None:
+    if name not in fmt.DTYPES:
+        raise ValueError(
+            f"Cannot store a tensor of dtype {name} in the sparse format; supported dtypes: "
+            f"{', '.join(fmt.DTYPES)}. Cast the model's weights first."
+        )
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def _check_entry(entry: object) -> tuple[str, tuple[int, ...], int, str, str, int]:
+    """Validates the shape-related fields of a tensor entry; returns them."""
+    require(isinstance(entry, dict), "a tensor entry is not an object")
+    dtype, shape = entry.get("dtype"), entry.get("shape")
+    require(dtype in fmt.DTYPES, f"unknown tensor dtype {dtype!r}")
+    require(
+        isinstance(shape, list) and len(shape) <= fmt.MAX_RANK and all(fmt.is_count(d) for d in shape),
+        f"bad tensor shape {shape!r}",
+    )
+    encoding, quant, nnz = entry.get("encoding"), entry.get("quant"), entry.get("nnz")
+    require(encoding in ENCODINGS, f"unknown tensor encoding {encoding!r}")
+    require(quant in ("none", "float16", "int8"), f"unknown value mode {quant!r}")
+    require(quant == "none" or (np.dtype(dtype).kind == "f" and len(shape) >= 2), "a quantized tensor must be a float kernel")
+    size = math.prod(shape)
+    require(fmt.is_count(nnz) and nnz <= size, f"bad value count {nnz!r}")
+    return dtype, tuple(shape), size, encoding, quant, nnz
+
+
+def decode_tensor(entry: object, payload: memoryview) -> np.ndarray:
+    """Rebuilds one tensor from its header entry; every claim is checked before allocating."""
+    dtype, shape, size, encoding, quant, nnz = _check_entry(entry)
+    blobs = entry.get("blobs")
+    require(isinstance(blobs, dict), "a tensor lacks its blob table")
+    names = {"values"} | ({"positions"} if encoding != "dense" else set()) | ({"scales"} if quant == "int8" else set())
+    require(set(blobs) == names, f"a {encoding} tensor must have blobs {sorted(names)}")
+    lengths = [blobs[name].get("length") if isinstance(blobs[name], dict) else None for name in names]
+    require(all(fmt.is_count(n) for n in lengths), "a blob length is not a count")
+    out_bytes = size * np.dtype(dtype).itemsize
+    require(out_bytes <= fmt.EXPANSION * sum(lengths) + fmt.ALLOWANCE, f"a tensor of shape {list(shape)} is far larger than its data")
+    value_dtype = _le({"none": dtype, "float16": "float16", "int8": "int8"}[quant])
+    if encoding == "dense":
+        require(nnz == size, "a dense tensor must store every value")
+    values = np.frombuffer(fmt.read_blob(payload, blobs["values"], nnz * value_dtype.itemsize), value_dtype)
+    if encoding == "nm":
+        flat = _decode_nm(entry, payload, blobs["positions"], shape, nnz, values)
+    else:
+        flat = np.zeros(size, value_dtype)
+        if encoding == "dense":
+            flat[:] = values
+        else:
+            flat[_positions(encoding, payload, blobs["positions"], size, nnz)] = values
+    array = flat.reshape(shape)
+    if quant == "int8":
+        scales = np.frombuffer(fmt.read_blob(payload, blobs["scales"], shape[-1] * 4), "<f4")
+        array = array.astype(np.float32) * scales
+    return array.astype(dtype)
+
+
+def _positions(encoding: str, payload: memoryview, meta: dict, size: int, nnz: int) -> np.ndarray:
+    if encoding == "bitmask":
+        bits = np.unpackbits(np.frombuffer(fmt.read_blob(payload, meta, -(-size // 8)), np.uint8))
+        require(not bits[size:].any(), "bitmask padding bits are set")
+        positions = np.flatnonzero(bits[:size])
+        require(positions.size == nnz, f"bitmask holds {positions.size} positions, header says {nnz}")
+        return positions
+    raw_length = meta.get("raw_length")
+    require(fmt.is_count(raw_length) and raw_length <= fmt.MAX_VARINT_BYTES * nnz, "gap data is too long")
+    return fmt.decode_gaps(fmt.read_blob(payload, meta, raw_length), nnz, size)
+
+
+def _decode_nm(entry: dict, payload: memoryview, meta: dict, shape: tuple, nnz: int, values: np.ndarray) -> np.ndarray:
+    group = entry.get("group")
+    require(isinstance(group, list) and len(group) == 2 and all(fmt.is_count(g) for g in group), "bad N:M group")
+    n, k = group
+    axis, length = _nm_groups(shape) if shape else (0, 0)
+    require(n in NM_GROUPS and 1 <= k <= n and shape and length % n == 0, f"N:M group {group} does not fit shape {list(shape)}")
+    groups = math.prod(shape) // n
+    require(nnz == groups * k, "N:M value count does not match the groups")
+    bits = _index_bits(n)
+    raw = fmt.read_blob(payload, meta, -(-groups * k * bits // 8))
+    index_bits = np.unpackbits(np.frombuffer(raw, np.uint8))[: groups * k * bits].reshape(-1, bits)
+    order = (index_bits.astype(np.int64) << np.arange(bits - 1, -1, -1)).sum(axis=1).reshape(groups, k)
+    require(bool((order < n).all()) and bool((np.diff(order, axis=1) > 0).all()), "bad N:M indices")
+    dense = np.zeros((groups, n), values.dtype)
+    np.put_along_axis(dense, order, values.reshape(groups, k), axis=1)
+    moved = list(shape)
+    moved.append(moved.pop(axis))
+    return np.moveaxis(dense.reshape(moved), -1, axis).ravel()

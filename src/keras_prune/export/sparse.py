@@ -1,0 +1,164 @@
+"""``export_sparse`` / ``load_sparse``: a pruned model in a file where zeros cost almost nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_prune._validation import check_choice
+from keras_prune.export import format as fmt
+from keras_prune.export.encodings import VALUE_MODES, decode_tensor, encode_tensor
+from keras_prune.export.format import SparseFormatError, require
+from keras_prune.io import atomic_write, check_output_path
+
+
+
+def export_sparse(
+    model: keras.Model,
+    path: str | os.PathLike,
+    *,
+    values: str = "float32",
+    overwrite: bool = False,
+) -> Path:
+    """Writes ``model`` in the compact ``.kpsparse`` format: architecture + sparse weights.
+
+    Each weight tensor is stored the smallest of several exact ways (dense, bitmask, gap
+    coded positions, N:M metadata), then compressed where that pays. Pruning wrappers are
+    stripped first. The optimizer state and compile settings are not stored.
+
+    Args:
+        model: a Sequential or functional Keras model (or one with pruning wrappers).
+        path: the output file; ``.kpsparse`` by convention.
+        values: ``"float32"`` stores every value exactly (bit-exact round trip);
+            ``"float16"`` halves float kernels; ``"int8"`` stores float kernels as int8 with
+            one scale per output channel. Biases and other rank-1 tensors stay exact.
+        overwrite: replace ``path`` if it exists.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> export_sparse(model, "model.kpsparse")  # doctest: +SKIP
+        PosixPath('model.kpsparse')
+    """
+    check_choice("values", values, VALUE_MODES)
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"Argument `model` must be a Keras model. Received: model={model!r}")
+    model = _stripped(model)
+    architecture = _architecture(model)
+    path = check_output_path(path, overwrite=overwrite)
+    tensors, blobs, offset = [], [], 0
+    for variable in model.weights:
+        entry, parts = encode_tensor(keras.ops.convert_to_numpy(variable.value), values)
+        entry["path"], entry["blobs"] = variable.path, {}
+        for name, meta, data in parts:
+            entry["blobs"][name] = {**meta, "offset": offset}
+            blobs.append(data)
+            offset += len(data)
+        tensors.append(entry)
+    header = {"architecture": architecture, "keras_version": keras.__version__, "values": values, "tensors": tensors}
+    content = fmt.write_container(header, b"".join(blobs))
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
+
+
+def load_sparse(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Model:
+    """Loads a ``.kpsparse`` file written by :func:`export_sparse` as an uncompiled Keras model.
+
+    The reader checks every length, offset and shape against the file's size before it
+    allocates anything, never uses pickle, and refuses code (Lambda layers) in safe mode.
+
+    Args:
+        path: the ``.kpsparse`` file.
+        safe_mode: refuse architectures that carry code; pass ``False`` only for trusted files.
+
+    Raises:
+        SparseFormatError: the file is truncated, corrupted, crafted, or of an unknown version.
+
+    Example:
+        >>> model = load_sparse("model.kpsparse")  # doctest: +SKIP
+    """
+    header, payload = fmt.read_container(Path(path).read_bytes())
+    architecture, tensors = header.get("architecture"), header.get("tensors")
+    require(isinstance(architecture, dict), "the header lacks the model architecture")
+    require(isinstance(tensors, list), "the header lacks the tensor table")
+    arrays = [decode_tensor(entry, payload) for entry in tensors]
+    return _build(architecture, arrays, safe_mode)
+
+
+def read_header(path: str | os.PathLike) -> dict:
+    """The checked header of a ``.kpsparse`` file (architecture, tensor table), no weights."""
+    return fmt.read_container(Path(path).read_bytes())[0]
+
+
+def _stripped(model: keras.Model) -> keras.Model:
+    from keras_prune.prune import strip_pruning
+    from keras_prune.wrapper import PruneLowMagnitude
+
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return strip_pruning(model) if any(isinstance(layer, PruneLowMagnitude) for layer in layers) else model
+
+
+def _architecture(model: keras.Model) -> dict:
+    try:
+        return json.loads(model.to_json())
+    except (NotImplementedError, TypeError) as error:
+        raise TypeError(
+            "export_sparse needs a model whose architecture serializes: a Sequential or "
+            "functional model, or a subclassed model with `get_config`. "
+            f"Received: model={type(model).__name__} ({error})"
+        ) from error
+
+
+def _build(architecture: dict, arrays: list[np.ndarray], safe_mode: bool) -> keras.Model:
+    """Builds the architecture without allocating weights, checks them, then fills them in.
+
+    Inside a ``StatelessScope`` Keras defers variable initialization, so a crafted
+    architecture that claims huge layers costs nothing until its shapes are checked.
+    """
+    from keras.src.backend.common import global_state  # the deferred-variable queue
+
+    pending = global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
+    before = len(pending)
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = _deserialize(architecture, safe_mode)
+        _check_weights(model, arrays)
+    except BaseException:
+        del pending[before:]  # never initialize a refused model's variables
+        raise
+    # Shapes are justified by the file: initialize them (ours only) and fill them in.
+    ours = pending[before:]
+    del pending[before:]
+    for variable in ours:
+        variable._deferred_initialize()
+    for variable, array in zip(model.weights, arrays):
+        variable.assign(array)
+    return model
+
+
+def _deserialize(architecture: dict, safe_mode: bool) -> keras.Model:
+    try:
+        model = keras.saving.deserialize_keras_object(architecture, safe_mode=safe_mode)
+    except Exception as error:
+        if safe_mode and "safe_mode" in str(error):
+            raise SparseFormatError(
+                "The sparse model's architecture contains code (for example a Lambda layer), "
+                "which safe mode refuses to run. Pass safe_mode=False (CLI: --unsafe) only if "
+                "you trust the file."
+            ) from error
+        raise SparseFormatError(f"Invalid sparse model file: bad architecture ({error}).") from error
+    require(isinstance(model, keras.Model), "the architecture is not a Keras model")
+    return model
+
+
+def _check_weights(model: keras.Model, arrays: list[np.ndarray]) -> None:
+    weights = model.weights
+    require(len(weights) == len(arrays), f"the architecture has {len(weights)} weights, the file {len(arrays)}")
+    for variable, array in zip(weights, arrays):
+        expected = (tuple(variable.shape), keras.backend.standardize_dtype(variable.dtype))
+        require(expected == (array.shape, array.dtype.name), f"weight {variable.path} is {expected}, the file has {(array.shape, array.dtype.name)}")
