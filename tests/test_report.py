@@ -65,6 +65,9 @@ def test_patterns_after_pruning_are_detected():
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="d")])
     assert magnitude_prune(model, sparsity_m_by_n=(2, 4)).layer("d").pattern == "2:4"
     model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, name="d")])
+    checkerboard = np.indices((4, 2)).sum(axis=0) % 2  # small blocks alternate with large ones
+    kernel = np.kron(1 + 9 * checkerboard, np.ones((4, 4))) * np.random.default_rng(0).uniform(1, 2, (16, 8))
+    model.get_layer("d").kernel.assign(kernel.astype("float32"))
     assert magnitude_prune(model, sparsity=0.5, block_size=(4, 4)).layer("d").pattern == "block 4x4"
 
 
