@@ -121,10 +121,10 @@ def prunable_weights(layer: keras.layers.Layer) -> list:
         UnsupportedLayerError: ``layer`` is a custom layer with weights and no declaration.
 
     Example:
-        >>> dense = keras.layers.Dense(3)
+        >>> dense = keras.layers.Dense(3, name="fc")
         >>> dense.build((None, 4))
         >>> [w.path for w in prunable_weights(dense)]
-        ['dense/kernel']
+        ['fc/kernel']
     """
     for types, rule in _RULES:
         if isinstance(layer, types):

@@ -1,0 +1,18 @@
+"""Docstring examples of the core modules run and give what they show."""
+
+import doctest
+import importlib
+
+import pytest
+
+pytestmark = pytest.mark.core
+
+MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(f"keras_prune.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+    assert result.attempted > 0
