@@ -105,13 +105,15 @@ def _stripped(model: keras.Model) -> keras.Model:
 
 def _architecture(model: keras.Model) -> dict:
     try:
-        return json.loads(model.to_json())
+        architecture = json.loads(model.to_json())
     except (NotImplementedError, TypeError) as error:
         raise TypeError(
             "export_sparse needs a model whose architecture serializes: a Sequential or "
             "functional model, or a subclassed model with `get_config`. "
             f"Received: model={type(model).__name__} ({error})"
         ) from error
+    architecture.pop("compile_config", None)  # the format stores no optimizer or compile state
+    return architecture
 
 
 def _build(architecture: dict, arrays: list[np.ndarray], safe_mode: bool) -> keras.Model:
