@@ -14,8 +14,10 @@ import sys
 # Subcommand modules, in the order `keras-prune --help` lists them.
 SUBCOMMANDS = [
     "demo",
+    "export",
     "inspect_model",
     "prune_model",
+    "size",
     "strip",
 ]
 
