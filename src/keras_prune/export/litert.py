@@ -5,6 +5,8 @@ LiteRT conversion is TensorFlow-specific, so this module needs the TensorFlow ba
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from pathlib import Path
@@ -40,7 +42,8 @@ def convert_litert(model: keras.Model, *, sparse: bool = True) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(_stripped(model))
     if sparse:
         converter.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the converter prints its SavedModel's signature
+        return converter.convert()
 
 
 def export_litert(
