@@ -14,7 +14,7 @@ from keras_prune.structured.gradual import GradualChannelPruning
 from keras_prune.structured.graph import ChannelGraph, Group
 from keras_prune.structured.importance import IMPORTANCES, unit_scores
 from keras_prune.structured.plan import SCOPES, ChannelPlan, plan_removal
-from keras_prune.structured.surgery import apply_plan
+from keras_prune.structured.surgery import apply_plan, zero_removed
 
 __all__ = [
     "ChannelGraph",
@@ -25,6 +25,7 @@ __all__ = [
     "plan_channels",
     "prune_channels",
     "unit_scores",
+    "zero_removed",
 ]
 
 

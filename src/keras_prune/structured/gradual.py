@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 
+from keras_prune._validation import check_choice, check_int
 from keras_prune.schedules import PruningSchedule
 from keras_prune.structured.graph import ChannelGraph
 from keras_prune.structured.importance import IMPORTANCES, unit_scores
 from keras_prune.structured.plan import SCOPES, ChannelPlan, plan_removal
-from keras_prune.structured.surgery import apply_plan
-from keras_prune._validation import check_choice, check_int
+from keras_prune.structured.surgery import apply_plan, removal_masks
 
 
 class GradualChannelPruning(keras.callbacks.Callback):
@@ -65,7 +64,7 @@ class GradualChannelPruning(keras.callbacks.Callback):
         self.exclude = tuple([exclude] if isinstance(exclude, str) else exclude)
         self.plan: ChannelPlan | None = None
         self._graph: ChannelGraph | None = None
-        self._masks: list[tuple[keras.Variable, np.ndarray]] = []
+        self._masks: list = []
 
     def on_train_begin(self, logs=None):
         if self._graph is None or self._graph.model is not self.model:
@@ -86,7 +85,7 @@ class GradualChannelPruning(keras.callbacks.Callback):
         self._graph = graph
         scores = unit_scores(graph, self.importance)
         self.plan = plan_removal(graph, scores, ratio, scope=self.scope, round_to=self.round_to)
-        self._masks = _weight_masks(self.plan)
+        self._masks = removal_masks(self.plan)
         self._apply_masks()
         return self.plan
 
@@ -103,24 +102,3 @@ class GradualChannelPruning(keras.callbacks.Callback):
         for variable, mask in self._masks:
             variable.assign(keras.ops.multiply(variable, mask))
 
-
-def _weight_masks(plan: ChannelPlan) -> list:
-    """0/1 arrays over every trainable weight that holds a slice of a removed unit."""
-    masks = []
-    model = plan.graph.model
-    for name, specs in plan.graph.weight_slots.items():
-        layer = model.get_layer(name)
-        for spec in specs:
-            variable = layer.weights[spec.index]
-            if not variable.trainable:
-                continue
-            mask = np.ones(variable.shape, dtype=variable.dtype)
-            for axis, slot in enumerate(spec.axes):
-                if slot is not None:
-                    keep = plan.keep_mask(name, slot)
-                    shape = [1] * mask.ndim
-                    shape[axis] = -1
-                    mask = mask * keep.reshape(shape)
-            if not mask.all():
-                masks.append((variable, mask))
-    return masks

@@ -143,7 +143,7 @@ def _tf_gradients(model, loss_fn, x, y) -> list:
     import tensorflow as tf
 
     with tf.GradientTape() as tape:
-        loss = loss_fn(y, model(x, training=False))
+        loss = tf.reduce_mean(loss_fn(y, model(x, training=False)))
     return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
 
 
@@ -154,6 +154,6 @@ def _jax_gradients(model, loss_fn, x, y) -> list:
 
     def loss_of(trainable):
         y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-        return loss_fn(y, y_pred)
+        return keras.ops.mean(loss_fn(y, y_pred))
 
     return list(jax.grad(loss_of)([v.value for v in model.trainable_variables]))

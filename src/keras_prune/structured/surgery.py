@@ -68,3 +68,35 @@ def _copy_weights(old, new, plan: ChannelPlan) -> None:
         )
     for variable, value in zip(targets, values):
         variable.assign(value)
+
+
+def removal_masks(plan: ChannelPlan) -> list:
+    """``(variable, 0/1 array)`` for every trainable weight holding a slice of a removed unit."""
+    masks = []
+    model = plan.graph.model
+    for name, specs in plan.graph.weight_slots.items():
+        layer = model.get_layer(name)
+        for spec in specs:
+            variable = layer.weights[spec.index]
+            if not variable.trainable:
+                continue
+            mask = np.ones(variable.shape, dtype=variable.dtype)
+            for axis, slot in enumerate(spec.axes):
+                if slot is not None:
+                    keep = plan.keep_mask(name, slot)
+                    shape = [1] * mask.ndim
+                    shape[axis] = -1
+                    mask = mask * keep.reshape(shape)
+            if not mask.all():
+                masks.append((variable, mask))
+    return masks
+
+
+def zero_removed(plan: ChannelPlan) -> None:
+    """Zeroes, in the plan's own model, every trainable weight slice of the removed units.
+
+    The model keeps its shape; :func:`apply_plan` on the same plan then gives a smaller
+    model with the same outputs.
+    """
+    for variable, mask in removal_masks(plan):
+        variable.assign(keras.ops.multiply(variable, mask))

@@ -1,0 +1,231 @@
+"""Structured pruning on CIFAR-10: dense vs channel-pruned, side by side in one run.
+
+For a small ResNet-style CNN and a MobileNet-style CNN (depthwise separable blocks): train
+dense, remove --ratio of every prunable channel group with keras_prune.structured.
+prune_channels, fine-tune, then report parameters, FLOPs, test accuracy and median CPU
+inference latency at batch 1 and 32 (TensorFlow, measured interleaved in this process).
+
+    .venv/bin/python benchmarks/bench_structured.py --quick   # smoke run, ~2 minutes
+    .venv/bin/python benchmarks/bench_structured.py           # full run: ~40 min on 2 cores
+
+Writes benchmarks/results/structured[_quick].json and .png and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(ROOT / ".." / "shared" / "data"),
+                        help="folder holding cifar10-jpg/CIFAR-10-images.tar (default: "
+                             "../shared/data relative to the repository root)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 2,000 training images, 1 epoch each, few repeats")
+    parser.add_argument("--models", default="resnet,mobilenet",
+                        help="comma-separated subset of resnet,mobilenet")
+    parser.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed")
+    parser.add_argument("--round-to", type=int, default=8, help="channel count multiple")
+    parser.add_argument("--importance", default="l1", help="l1, l2, bn_scale or taylor")
+    parser.add_argument("--epochs", type=int, default=None, help="dense training epochs (6)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (3)")
+    parser.add_argument("--train-size", type=int, default=None, help="training images (20000)")
+    parser.add_argument("--repeats", type=int, default=None, help="latency rounds (40)")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args()
+
+
+def resnet_style(keras, width: int = 32):
+    """A ResNet-style CNN: strided stem, three stages of one basic block (32/64/128)."""
+    L = keras.layers
+
+    def conv_bn(x, filters, stride=1, relu=True, kernel=3):
+        x = L.Conv2D(filters, kernel, stride, padding="same", use_bias=False)(x)
+        x = L.BatchNormalization()(x)
+        return L.ReLU()(x) if relu else x
+
+    inputs = keras.Input((32, 32, 3))
+    x = conv_bn(inputs, width, stride=2)
+    for stage, filters in enumerate((width, 2 * width, 4 * width)):
+        stride = 1 if stage == 0 else 2
+        shortcut = x if stride == 1 else conv_bn(x, filters, stride, relu=False, kernel=1)
+        y = conv_bn(x, filters, stride)
+        y = conv_bn(y, filters, relu=False)
+        x = L.ReLU()(L.Add()([shortcut, y]))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="resnet_style")
+
+
+def mobilenet_style(keras, width: int = 32):
+    """A MobileNet-style CNN: strided stem, depthwise 3x3 + pointwise 1x1 blocks."""
+    L = keras.layers
+    inputs = keras.Input((32, 32, 3))
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(width, 3, 2, padding="same", use_bias=False)(inputs)))
+    for filters, stride in ((2 * width, 1), (4 * width, 2), (4 * width, 1), (8 * width, 2),
+                            (8 * width, 1)):
+        x = L.DepthwiseConv2D(3, stride, padding="same", use_bias=False)(x)
+        x = L.ReLU()(L.BatchNormalization()(x))
+        x = L.Conv2D(filters, 1, use_bias=False)(x)
+        x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, L.Dense(10)(x), name="mobilenet_style")
+
+
+def train(keras, model, data, epochs: int, lr: float, seed: int) -> float:
+    """Adam with cosine decay, random horizontal flips; returns seconds spent."""
+    import numpy as np
+
+    x, y = data["x_train"], data["y_train"]
+    steps = epochs * int(np.ceil(len(x) / 128))
+    schedule = keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        flip = rng.random(len(x)) < 0.5
+        xe = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        model.fit(xe, y, batch_size=128, epochs=1, verbose=0, shuffle=True)
+    return time.perf_counter() - start
+
+
+def accuracy(model, data) -> float:
+    import numpy as np
+
+    logits = model.predict(data["x_test"], batch_size=256, verbose=0)
+    return float((np.argmax(logits, -1) == data["y_test"]).mean())
+
+
+def run_model(name, build, data, args, settings) -> dict:
+    import keras
+
+    from keras_prune.analysis.flops import total_flops
+    from keras_prune.analysis.latency import compare_latency
+    from keras_prune.structured import plan_channels
+    from keras_prune.structured.surgery import apply_plan
+
+    keras.utils.set_random_seed(args.seed)
+    dense = build(keras)
+    train_s = train(keras, dense, data, settings["epochs"], 2e-3, args.seed)
+    acc_dense = accuracy(dense, data)
+    calibration = (data["x_train"][:512], data["y_train"][:512])
+    plan = plan_channels(dense, args.ratio, importance=args.importance, round_to=args.round_to,
+                         calibration_data=calibration)
+    shrunk = apply_plan(plan)
+    acc_pruned = accuracy(shrunk, data)
+    finetune_s = train(keras, shrunk, data, settings["finetune_epochs"], 1e-3, args.seed + 1)
+    acc_finetuned = accuracy(shrunk, data)
+    latency = {}
+    for batch in (1, 32):
+        ms = compare_latency([dense, shrunk], batch, repeats=settings["repeats"])
+        latency[f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1],
+                                    "speedup": ms[0] / ms[1]}
+    result = {
+        "params": {"dense": dense.count_params(), "shrunk": shrunk.count_params()},
+        "flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
+        "accuracy": {"dense": acc_dense, "shrunk_before_finetune": acc_pruned,
+                     "shrunk_after_finetune": acc_finetuned,
+                     "drop_points": 100 * (acc_dense - acc_finetuned)},
+        "latency": latency,
+        "train_seconds": {"dense": train_s, "finetune": finetune_s},
+        "plan": plan.summary().splitlines(),
+    }
+    print(f"[{name}] done: dense {acc_dense:.4f}, shrunk {acc_finetuned:.4f}", flush=True)
+    return result
+
+
+def table(results: dict) -> str:
+    rows = ["| model | params | MFLOPs | top-1 | batch 1 ms | batch 32 ms |",
+            "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for kind, acc_key in (("dense", "dense"), ("shrunk", "shrunk_after_finetune")):
+            b1, b32 = r["latency"]["batch1"], r["latency"]["batch32"]
+            speed = "" if kind == "dense" else (
+                f" ({b1['speedup']:.2f}x)", f" ({b32['speedup']:.2f}x)")
+            rows.append(
+                f"| {name} {kind} | {r['params'][kind]:,} | {r['flops'][kind] / 1e6:.1f} | "
+                f"{100 * r['accuracy'][acc_key]:.2f}% | {b1[f'{kind}_ms']:.2f}{speed[0] if speed else ''} | "
+                f"{b32[f'{kind}_ms']:.2f}{speed[1] if speed else ''} |"
+            )
+    return "\n".join(rows)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for i, batch in enumerate(("batch1", "batch32")):
+        ax1.bar([j + 0.4 * i for j in range(len(names))],
+                [results[n]["latency"][batch]["speedup"] for n in names], 0.4, label=batch)
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set_xticks([j + 0.2 for j in range(len(names))], names)
+    ax1.set_ylabel("speedup, dense / shrunk (x)")
+    ax1.legend()
+    for i, key in enumerate(("dense", "shrunk_after_finetune")):
+        ax2.bar([j + 0.4 * i for j in range(len(names))],
+                [100 * results[n]["accuracy"][key] for n in names], 0.4, label=key)
+    ax2.set_xticks([j + 0.2 for j in range(len(names))], names)
+    ax2.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax2.legend()
+    fig.suptitle("Structured pruning, 50% of channels removed")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import keras
+    import numpy as np
+
+    from keras_prune.datasets import load_cifar10
+
+    settings = {
+        "epochs": args.epochs or (1 if args.quick else 6),
+        "finetune_epochs": args.finetune_epochs or (1 if args.quick else 3),
+        "train_size": args.train_size or (2000 if args.quick else 20000),
+        "repeats": args.repeats or (10 if args.quick else 40),
+    }
+    raw = load_cifar10(Path(args.data_dir) / "cifar10-jpg" / "CIFAR-10-images.tar")
+    rng = np.random.default_rng(args.seed)
+    pick = rng.permutation(len(raw["x_train"]))[: settings["train_size"]]
+    data = {
+        "x_train": raw["x_train"][pick].astype("float32") / 255.0, "y_train": raw["y_train"][pick],
+        "x_test": raw["x_test"].astype("float32") / 255.0, "y_test": raw["y_test"],
+    }
+    builders = {"resnet": resnet_style, "mobilenet": mobilenet_style}
+    results = {}
+    for name in args.models.split(","):
+        results[name] = run_model(name, builders[name], data, args, settings)
+    stem = "structured_quick" if args.quick else "structured"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "settings": {**settings, "ratio": args.ratio, "round_to": args.round_to,
+                     "importance": args.importance, "seed": args.seed,
+                     "backend": keras.backend.backend(), "keras": keras.__version__,
+                     "cpus": os.cpu_count(), "machine": platform.machine()},
+        "targets": {"batch32_speedup": 2.5, "batch1_speedup": 1.8, "max_drop_points": 1.0},
+        "results": results,
+    }
+    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    plot(results, RESULTS / f"{stem}.png")
+    print(table(results))
+    print(f"wrote {RESULTS / stem}.json and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""CPU inference latency: the median of repeated forward passes, measured side by side."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+
+def compare_latency(
+    models: Sequence[keras.Model], batch_size: int = 1, *, repeats: int = 30, warmup: int = 3
+) -> list[float]:
+    """Median milliseconds per forward pass of each model, measured interleaved.
+
+    The models run in turn, round after round, so that a noisy neighbour slows them all
+    alike and their ratio stays meaningful. On TensorFlow each model runs as a compiled
+    ``tf.function`` and on JAX as a ``jax.jit`` function, as in serving; elsewhere it is
+    called eagerly.
+
+    Args:
+        models: models with the same kind of input.
+        batch_size: examples per forward pass.
+        repeats: timed rounds; the median is reported.
+        warmup: untimed rounds first (tracing, caches).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        >>> [ms] = compare_latency([model], batch_size=32, repeats=5)
+    """
+    runners = [_runner(m) for m in models]
+    inputs = [_example_inputs(m, batch_size) for m in models]
+    times = [[] for _ in models]
+    for round_ in range(warmup + repeats):
+        for i, (run, x) in enumerate(zip(runners, inputs)):
+            start = time.perf_counter()
+            run(x)
+            if round_ >= warmup:
+                times[i].append(time.perf_counter() - start)
+    return [float(np.median(t) * 1000.0) for t in times]
+
+
+def measure_latency(model: keras.Model, batch_size: int = 1, *, repeats: int = 30) -> float:
+    """Median milliseconds per forward pass of one model (see :func:`compare_latency`)."""
+    return compare_latency([model], batch_size, repeats=repeats)[0]
+
+
+def _example_inputs(model: keras.Model, batch_size: int):
+    rng = np.random.default_rng(0)
+    arrays = []
+    for tensor in model.inputs:
+        shape = (batch_size,) + tuple(d or 1 for d in tensor.shape[1:])
+        if "int" in str(tensor.dtype):
+            arrays.append(np.zeros(shape, dtype=str(tensor.dtype)))
+        else:
+            arrays.append(rng.standard_normal(shape).astype(str(tensor.dtype)))
+    return arrays[0] if len(arrays) == 1 else arrays
+
+
+def _runner(model: keras.Model):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        call = tf.function(lambda x: model(x, training=False))
+        return lambda x: call(x).numpy()
+    if backend == "jax":
+        import jax
+
+        state = ([v.value for v in model.trainable_variables],
+                 [v.value for v in model.non_trainable_variables])
+        call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
+        return lambda x: call(*state, x).block_until_ready()
+    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
