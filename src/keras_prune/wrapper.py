@@ -148,7 +148,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
-            dtype="int64",
+            dtype="int32",  # int64 is not native on JAX; 2**31 steps is plenty
             initializer=keras.initializers.Constant(UNSTARTED),
             trainable=False,
         )
