@@ -4,7 +4,7 @@
 fine-tunes it while :class:`~keras_prune.schedules.PolynomialDecay` raises the sparsity of
 every Dense kernel to the target, strips the pruning wrappers and compares the dense and the
 pruned model: test accuracy, sparsity, and the bytes of their ``.keras`` files, raw and gzipped
-(and of the compact sparse format when :func:`keras_prune.export_sparse` is available).
+and in the compact ``.kpsparse`` format of :func:`keras_prune.export_sparse`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,7 @@ class DemoResult:
         dense: the trained model before pruning.
         pruned: the pruned, fine-tuned and stripped model.
         target_sparsity: the sparsity asked for.
-        sparse_bytes: size of the pruned model in the compact sparse format, or ``None`` when
-            this installation has no ``keras_prune.export_sparse``.
+        sparse_bytes: size of the pruned model in the compact ``.kpsparse`` format.
         output_dir: where the model files and ``demo.json`` were written.
         seconds: wall-clock time of the whole run.
     """
@@ -61,7 +60,7 @@ class DemoResult:
     dense: ModelStats
     pruned: ModelStats
     target_sparsity: float
-    sparse_bytes: int | None
+    sparse_bytes: int
     output_dir: Path
     seconds: float
 
@@ -163,7 +162,7 @@ def run_demo(
         epochs: epochs of dense training.
         prune_epochs: epochs of fine-tuning while pruning (masks ramp up over the first 2/3).
         sparsity: fraction of each Dense kernel to prune, in [0, 1).
-        output_dir: folder for ``dense.keras``, ``pruned.keras`` (+ sparse file) and
+        output_dir: folder for ``dense.keras``, ``pruned.keras``, ``pruned.kpsparse`` and
             ``demo.json``; a new temporary folder when ``None``.
         overwrite: replace the demo's files if ``output_dir`` already holds them.
         batch_size: training batch size.
@@ -260,14 +259,11 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def _sparse_bytes(model: keras.Model, path: Path) -> int | None:
-    """Size in the compact sparse format, when this installation provides it."""
-    import keras_prune
+def _sparse_bytes(model: keras.Model, path: Path) -> int:
+    """Size of ``model`` in the compact sparse format (exact float32 values)."""
+    from keras_prune.export import export_sparse
 
-    export_sparse = getattr(keras_prune, "export_sparse", None)
-    if export_sparse is None:
-        return None
-    atomic_write(path, lambda tmp: export_sparse(model, tmp))
+    export_sparse(model, path, overwrite=True)  # the folder was checked before training
     return path.stat().st_size
 
 
