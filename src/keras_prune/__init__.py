@@ -11,6 +11,7 @@ Example:
 from keras_prune.analysis import PruningReport, summarize
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
+from keras_prune.iterative import iterative_prune
 from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
@@ -34,6 +35,7 @@ __all__ = [
     "export_litert",
     "export_sparse",
     "load_sparse",
+    "iterative_prune",
     "magnitude_prune",
     "prune_low_magnitude",
     "strip_pruning",

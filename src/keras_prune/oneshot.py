@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,7 +244,10 @@ def copy_model(model: keras.Model) -> keras.Model:
         path = Path(folder) / "copy.keras"
         try:
             model.save(path)
-            return keras.saving.load_model(path, safe_mode=False)
+            with warnings.catch_warnings():
+                # Optimizer slots are rebuilt at the first step; Keras warns that it skips them.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                return keras.saving.load_model(path, safe_mode=False)
         except Exception as error:
             raise ValueError(
                 f"Cannot copy model '{model.name}' for inplace=False ({error}). Register its "
