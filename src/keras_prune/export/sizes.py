@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keras
 
-from keras_prune.export.sparse import _stripped, export_sparse
+from keras_prune.export.sparse import _architecture, _stripped, export_sparse
 
 FORMATS = {
     "keras": ".keras file (no optimizer state)",
@@ -24,9 +24,10 @@ def plain_copy(model: keras.Model) -> keras.Model:
     """The model without pruning wrappers, optimizer or compile state (what gets shipped)."""
     model = _stripped(model)
     try:
-        copy = keras.models.clone_model(model)
-    except (ValueError, TypeError, NotImplementedError):  # subclassed models do not clone
+        architecture = _architecture(model)
+    except TypeError:  # a subclassed model without a config: measure it as it is
         return model
+    copy = keras.saving.deserialize_keras_object(architecture, safe_mode=False)
     copy.set_weights(model.get_weights())
     return copy
 
