@@ -19,6 +19,7 @@ SUBCOMMANDS = [
     "prune_model",
     "size",
     "strip",
+    "shrink",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
