@@ -16,12 +16,14 @@ from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_prune.structured import GradualChannelPruning, prune_channels
 from keras_prune.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConstantSparsity",
+    "GradualChannelPruning",
     "PolynomialDecay",
     "PrunableLayer",
     "PruneLowMagnitude",
@@ -37,6 +39,7 @@ __all__ = [
     "load_sparse",
     "iterative_prune",
     "magnitude_prune",
+    "prune_channels",
     "prune_low_magnitude",
     "strip_pruning",
     "summarize",
