@@ -152,7 +152,7 @@ def test_safe_mode_refuses_lambda_layers_and_names_the_fix(tmp_path):
 
 
 @given(cut=st.integers(0, 10**5), flip=st.integers(0, 8 * 10**5))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 def test_fuzz_damaged_model_files_raise_sparse_format_error(tmp_path_factory, cut, flip):
     folder = tmp_path_factory.mktemp("fuzz")
     path = folder / "m.kpsparse"
