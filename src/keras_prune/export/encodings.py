@@ -82,7 +82,27 @@ def _nm_candidates(stored: np.ndarray, nonzero: np.ndarray):
         yield n, k, np.packbits(bits.ravel()).tobytes(), values.ravel()
 
 
-def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, list[tuple[str, dict, bytes]]]:
+Blobs = dict  # blob name ("positions", "values", "scales") -> bytes
+Parts = list  # [(blob name, blob metadata, stored bytes)]
+
+
+def _candidates(stored: np.ndarray) -> list[tuple[str, dict, Blobs]]:
+    """Every exact encoding of ``stored``: (encoding, extra header fields, raw blobs)."""
+    flat = stored.ravel()
+    # -0.0 counts as zero (masking negative weights makes it): it comes back as +0.0.
+    nonzero = stored != 0
+    kept = flat[nonzero.ravel()].tobytes()
+    candidates = [
+        ("dense", {}, {"values": flat.tobytes()}),
+        ("bitmask", {}, {"positions": np.packbits(nonzero.ravel()).tobytes(), "values": kept}),
+        ("gaps", {}, {"positions": fmt.encode_gaps(np.flatnonzero(nonzero)), "values": kept}),
+    ]
+    for n, k, indices, values in _nm_candidates(stored, nonzero):
+        candidates.append(("nm", {"group": [n, k]}, {"positions": indices, "values": values.tobytes()}))
+    return candidates
+
+
+def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, Parts]:
     """Picks the smallest encoding of ``array``; returns its header entry and its blobs.
 
     The blob metadata lacks ``offset``: the writer assigns offsets when laying out the file.
@@ -91,46 +111,38 @@ def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, lis
     require_dtype(array.dtype.name)
     stored, scales = _quantize(array, values)
     stored = stored.astype(_le(stored.dtype))
-    flat = stored.ravel()
-    # -0.0 counts as zero (masking negative weights makes it): it comes back as +0.0.
-    nonzero = stored != 0
-    kept = flat[nonzero.ravel()]
-    size = array.size
-    itemsize = stored.itemsize
-    candidates = [("dense", {}, {"values": flat.tobytes()})]
-    positions = np.flatnonzero(nonzero)
-    candidates.append(("bitmask", {}, {"positions": np.packbits(nonzero.ravel()).tobytes(), "values": kept.tobytes()}))
-    candidates.append(("gaps", {}, {"positions": fmt.encode_gaps(positions), "values": kept.tobytes()}))
-    for n, k, index_bytes, group_values in _nm_candidates(stored, nonzero):
-        candidates.append(("nm", {"group": [n, k]}, {"positions": index_bytes, "values": group_values.tobytes()}))
+    candidates = _candidates(stored)
     if scales is not None:
         candidates = [(e, extra, {**blobs, "scales": scales.astype("<f4").tobytes()}) for e, extra, blobs in candidates]
-    itemsizes = {"values": itemsize, "scales": 4, "positions": 1}
-    estimates = {}
+    itemsizes = {"values": stored.itemsize, "scales": 4, "positions": 1}
+    estimates: dict[bytes, int] = {}
 
-    def estimate(blobs: dict) -> int:
-        for data, name in ((d, n) for n, d in blobs.items() if d not in estimates):
-            estimates[data] = pack_blob(data, itemsizes[name], quick=True)[0]["length"]
-        return sum(estimates[d] for d in blobs.values())
+    def estimate(blobs: Blobs) -> int:
+        for name, data in blobs.items():
+            if data not in estimates:
+                estimates[data] = pack_blob(data, itemsizes[name], quick=True)[0]["length"]
+        return sum(estimates[data] for data in blobs.values())
 
-    # Choose by a fast estimate, then compress only the winner thoroughly.
-    best = None
+    def fits(parts: Parts) -> bool:
+        # Honour the reader's expansion limit, so every file we write is one we accept.
+        return array.nbytes <= fmt.EXPANSION * sum(meta["length"] for _, meta, _ in parts) + fmt.ALLOWANCE
+
+    # Rank by a fast estimate, then compress thoroughly only until one fits.
     for encoding, extra, blobs in sorted(candidates, key=lambda c: estimate(c[2])):
         parts = [(name, *pack_blob(data, itemsizes[name])) for name, data in blobs.items()]
-        # Honour the reader's expansion limit, so every file we write is one we accept.
-        if size * array.dtype.itemsize <= fmt.EXPANSION * sum(m["length"] for _, m, _ in parts) + fmt.ALLOWANCE:
-            best = ({"encoding": encoding, "nnz": len(blobs["values"]) // itemsize, **extra}, parts)
+        if fits(parts):
             break
-    if best is None:  # (nearly) all zeros: an uncompressed bitmask always fits the limit
-        _, extra, blobs = candidates[1]
+    else:  # (nearly) all zeros: an uncompressed bitmask always fits the limit
+        encoding, extra, blobs = candidates[1]
         parts = [(name, {"codec": "raw", "shuffle": 1, "raw_length": len(d), "length": len(d)}, d) for name, d in blobs.items()]
-        best = ({"encoding": "bitmask", "nnz": kept.size}, parts)
-    entry, parts = best
-    entry.update(
-        dtype=array.dtype.name,
-        shape=list(array.shape),
-        quant=values if scales is not None or stored.dtype != array.dtype else "none",
-    )
+    entry = {
+        "encoding": encoding,
+        "nnz": len(blobs["values"]) // stored.itemsize,
+        **extra,
+        "dtype": array.dtype.name,
+        "shape": list(array.shape),
+        "quant": values if scales is not None or stored.dtype != array.dtype else "none",
+    }
     return entry, parts
 
 

@@ -96,11 +96,11 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def _stripped(model: keras.Model) -> keras.Model:
+    """``model`` without pruning wrappers (the export formats store plain layers)."""
+    from keras_prune.callbacks import collect_wrappers
     from keras_prune.prune import strip_pruning
-    from keras_prune.wrapper import PruneLowMagnitude
 
-    layers = model._flatten_layers(include_self=False, recursive=True)
-    return strip_pruning(model) if any(isinstance(layer, PruneLowMagnitude) for layer in layers) else model
+    return strip_pruning(model) if collect_wrappers(model) else model
 
 
 def _architecture(model: keras.Model) -> dict:
