@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     "inspect_model",
     "prune_model",
     "size",
+    "finetune",
     "strip",
     "shrink",
 ]
