@@ -41,6 +41,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=None, help="training images (20000)")
     parser.add_argument("--repeats", type=int, default=None, help="latency rounds (40)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tag", default="", help="suffix for the result files (structured_TAG)")
     return parser.parse_args()
 
 
@@ -212,6 +213,7 @@ def main() -> None:
     for name in args.models.split(","):
         results[name] = run_model(name, builders[name], data, args, settings)
     stem = "structured_quick" if args.quick else "structured"
+    stem += f"_{args.tag}" if args.tag else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "settings": {**settings, "ratio": args.ratio, "round_to": args.round_to,

@@ -81,6 +81,7 @@ class GradualChannelPruning(keras.callbacks.Callback):
 
     def update(self, ratio: float) -> ChannelPlan:
         """Ranks the units now, zeroes the lowest ``ratio`` of each group, and keeps them so."""
+        self._sync()
         graph = self._graph or ChannelGraph(self.model, self.exclude)
         self._graph = graph
         scores = unit_scores(graph, self.importance)
@@ -98,7 +99,16 @@ class GradualChannelPruning(keras.callbacks.Callback):
             )
         return apply_plan(self.plan)
 
+    def _sync(self) -> None:
+        # On JAX, fit keeps the weights outside the variables between steps; writing them
+        # back makes the next step pick up our zeros.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
     def _apply_masks(self) -> None:
+        if self._masks:
+            self._sync()
         for variable, mask in self._masks:
             variable.assign(keras.ops.multiply(variable, mask))
 
