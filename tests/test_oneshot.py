@@ -207,3 +207,22 @@ def test_predictions_match_manual_masking():
     w[np.abs(w) <= np.sort(np.abs(w).ravel())[prune_count(0.6, w.size) - 1]] = 0
     reference.get_layer("hidden").kernel.assign(w)
     np.testing.assert_allclose(model.predict(x, verbose=0), reference.predict(x, verbose=0), rtol=1e-6)
+
+
+class TwoLayers(keras.Model):
+    def __init__(self):
+        super().__init__(name="sub")
+        self.first = keras.layers.Dense(8, name="first")
+        self.second = keras.layers.Dense(2, use_bias=False, name="second")
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+def test_subclassed_model_layers_are_pruned():
+    model = TwoLayers()
+    model(np.zeros((1, 4), "float32"))
+    report = magnitude_prune(model, sparsity=0.5)
+    assert report.settings["layers"] == ["first", "second"]
+    assert zeros(keras.ops.convert_to_numpy(model.first.kernel)) == 16
+    assert zeros(keras.ops.convert_to_numpy(model.second.kernel)) == 8

@@ -111,3 +111,15 @@ def test_plots_write_png_files(tmp_path):
     with pytest.raises(ValueError, match="no points"):
         plot_metric_vs_sparsity({"x": []}, tmp_path / "none.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png", "layers.png"]
+
+
+def test_plot_history_needs_the_metric(tmp_path):
+    from keras_prune.analysis.plots import plot_history
+
+    report = summarize(model_with_known_zeros())
+    report.settings["dense_accuracy"] = 0.9
+    report.history = [{"round": 1, "sparsity": 0.5, "accuracy": 0.88}, {"round": 2, "sparsity": 0.75, "accuracy": 0.8}]
+    path = plot_history(report, tmp_path / "rounds.png")
+    assert open(path, "rb").read(4) == b"\x89PNG"
+    with pytest.raises(ValueError, match="no `auc` values"):
+        plot_history(report, tmp_path / "auc.png", metric="auc")

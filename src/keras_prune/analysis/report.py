@@ -189,22 +189,17 @@ def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningRep
 def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
     """``(path, layer)`` for the layers of ``model``, descending into nested models.
 
-    A path joins the names of the nested Sequential/functional models and the layer
-    (``"encoder/dense_1"``); it does not change when the model is saved and reloaded.
+    A path joins the names of the nested models and the layer (``"encoder/dense_1"``); it
+    does not change when the model is saved and reloaded. Weights a subclassed model creates
+    itself, outside any layer, are not visited.
     """
     children = model.layers if isinstance(model, keras.Model) else [model]
     for layer in children:
         path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.Model) and _is_container(layer):
+        if isinstance(layer, keras.Model):  # Sequential, functional or subclassed
             yield from iter_layers(layer, prefix=f"{path}/")
         else:
             yield path, layer
-
-
-def _is_container(model: keras.Model) -> bool:
-    # Sequential and functional models are pure containers; a subclassed model may own
-    # weights directly, so it is reported as one unit.
-    return isinstance(model, keras.Sequential) or type(model).__name__ == "Functional"
 
 
 def _layer_summary(path: str, layer: keras.layers.Layer) -> LayerSummary:
