@@ -31,9 +31,9 @@ def count_flops(model: keras.Model) -> dict[str, int]:
     """FLOPs of each layer of ``model`` for one example, summed over the layer's calls.
 
     Example:
-        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")])
         >>> count_flops(model)
-        {'dense': 24}
+        {'d': 24}
     """
     flops: dict[str, int] = {}
     for layer, node in walk_nodes(model):

@@ -44,11 +44,11 @@ def plan_channels(
     Arguments are those of :func:`prune_channels`. ``plan.summary()`` explains the result.
 
     Example:
-        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8),
-        ...                           keras.layers.Dense(2)])
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="a"),
+        ...                           keras.layers.Dense(2, name="b")])
         >>> print(plan_channels(model, 0.5).summary())
-        dense: kept 4/8
-        dense_1: kept 2/2 (model output channels are kept)
+        a: kept 4/8
+        b: kept 2/2 (model output channels are kept)
     """
     ratio = check_sparsity("ratio", ratio)
     check_choice("importance", importance, IMPORTANCES)
@@ -101,7 +101,7 @@ def prune_channels(
         A new, uncompiled Keras model; ``model`` itself is not modified.
 
     Example:
-        >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(64),
+        >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(60),
         ...                           keras.layers.Dense(10)])
         >>> prune_channels(model, 0.5, round_to=8).layers[0].units
         32

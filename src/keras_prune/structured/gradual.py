@@ -36,7 +36,8 @@ class GradualChannelPruning(keras.callbacks.Callback):
         exclude: names of layers to leave untouched.
 
     Example:
-        >>> callback = GradualChannelPruning(keras_prune.PolynomialDecay(0.0, 0.5, 0, 100))
+        >>> from keras_prune import PolynomialDecay
+        >>> callback = GradualChannelPruning(PolynomialDecay(0.0, 0.5, 0, 100))
         >>> # model.fit(x, y, epochs=3, callbacks=[callback])
         >>> # small = callback.shrink()
     """

@@ -81,10 +81,10 @@ class ChannelGraph:
     """The coupled channel groups of a built Sequential or functional Keras model.
 
     Example:
-        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4),
-        ...                           keras.layers.Dense(2)])
-        >>> [g.producers for g in ChannelGraph(model).groups]
-        [('dense',), ('dense_1',)]
+        >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="a"),
+        ...                           keras.layers.Dense(2, name="b")])
+        >>> [(g.producers, g.blocked) for g in ChannelGraph(model).groups]
+        [(('a',), None), (('b',), 'model output channels are kept')]
     """
 
     def __init__(self, model: keras.Model, exclude: tuple[str, ...] = ()):
@@ -374,9 +374,9 @@ def walk_nodes(model: keras.Model):
     """Yields ``(layer, node)`` for every call in ``model``'s graph, inputs before outputs.
 
     Example:
-        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
         >>> [layer.name for layer, _ in walk_nodes(model)]
-        ['dense']
+        ['d']
     """
     order, seen = [], set()
     stack = [(t, False) for t in reversed(model.outputs)]

@@ -41,8 +41,8 @@ def unit_scores(
     Example:
         >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2),
         ...                           keras.layers.Dense(1)])
-        >>> unit_scores(ChannelGraph(model), "l1").shape
-        (2,)
+        >>> unit_scores(ChannelGraph(model), "l1").shape  # 2 hidden units + 1 output unit
+        (3,)
     """
     if importance == "taylor":
         grads = _gradients(graph.model, calibration_data)
