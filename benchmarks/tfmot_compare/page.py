@@ -1,0 +1,342 @@
+"""From cell JSON files to the summary JSON, the plots and the results page (docs/results.md).
+
+`summarize` and `render` are pure (dicts in, dict/markdown out), so they are tested on tiny
+fake cells. Rules used throughout:
+
+* spread: the sample standard deviation of test accuracy over seeds (0 with one seed);
+* keras-prune vs tfmot at one (model, sparsity): a tie when the difference of the means is
+  within the larger of the two spreads, otherwise "better" or "worse";
+* accuracy loss: the plain fine-tuned model's mean (same tool, same budget) minus the pruned
+  mean; it counts once it exceeds the larger spread, and at least 0.1 percentage point;
+* training overhead: median epoch time (first epoch excluded) of a pruned run divided by the
+  plain run of the same tool, model and seed, which ran in the same process just before.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import shared
+
+# Han, Pool, Tran, Dally 2015, "Learning both Weights and Connections for Efficient Neural
+# Networks", Table 1: top-1 test error (%) before and after pruning, and the weights kept.
+HAN_2015 = {
+    "lenet_300_100": {"dense_error": 1.64, "pruned_error": 1.59, "weights": "267K -> 22K", "compression": 12},
+    "lenet5": {"dense_error": 0.80, "pruned_error": 0.77, "weights": "431K -> 36K", "compression": 12},
+}
+MIN_LOSS = 0.001
+TOOL_NAMES = {"keras_prune": "keras-prune", "tfmot": "tfmot"}
+
+
+def load_cells(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
+
+
+def _spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _median_kept(seconds: list[float]) -> float:
+    return statistics.median(seconds[1:])  # the first epoch includes tracing
+
+
+def summarize(cells: list[dict], dense: list[dict]) -> dict:
+    """Aggregates cells over seeds: accuracy, overhead, sizes, verdicts, where loss begins."""
+    plain = {(c["tool"], c["model"], c["seed"]): c for c in cells if c["sparsity"] == 0}
+    groups: dict[tuple, list[dict]] = {}
+    for cell in cells:
+        groups.setdefault((cell["model"], cell["sparsity"], cell["tool"]), []).append(cell)
+    rows = [_row(key, group, plain) for key, group in sorted(groups.items())]
+    return {
+        "rows": rows,
+        "dense": _dense(dense),
+        "comparisons": _comparisons(rows),
+        "loss_begins": _loss_begins(rows),
+        "versions": {k: v for c in cells for k, v in c.get("versions", {}).items()},
+        "machine": _machine(cells),
+    }
+
+
+def _machine(cells: list[dict]) -> dict:
+    seen = [c["machine"] for c in cells if "machine" in c]
+    if not seen:
+        return {}
+    loads = [m["load_average_1min"] for m in seen]
+    return {**{k: seen[0][k] for k in ("cpu", "cores", "system", "python")},
+            "load_average_1min_range": [min(loads), max(loads)]}
+
+
+def _row(key: tuple, group: list[dict], plain: dict) -> dict:
+    model, sparsity, tool = key
+    accuracies = [c["accuracy"] for c in group]
+    row = {"model": model, "sparsity": sparsity, "tool": tool, "seeds": sorted(c["seed"] for c in group),
+           "accuracy_mean": statistics.fmean(accuracies), "accuracy_spread": _spread(accuracies),
+           "accuracies": accuracies,
+           "kernel_sparsity": statistics.fmean(c["kernel_sparsity"] for c in group),
+           "epoch_seconds": statistics.median(_median_kept(c["epoch_seconds"]) for c in group),
+           "epoch_cpu_seconds": statistics.median(_median_kept(c["epoch_cpu_seconds"]) for c in group)}
+    for kind in ("seconds", "cpu_seconds"):
+        ratios = [_median_kept(c[f"epoch_{kind}"]) / _median_kept(plain[(tool, model, c["seed"])][f"epoch_{kind}"])
+                  for c in group if (tool, model, c["seed"]) in plain]
+        row[f"overhead_{kind}"] = statistics.median(ratios) if ratios else None
+    for size in ("keras_bytes", "keras_gzip_bytes", "h5_bytes", "h5_gzip_bytes", "sparse_bytes"):
+        values = [c[size] for c in group if size in c]
+        row[size] = statistics.median(values) if values else None
+    in_keras3 = [c["accuracy_in_keras3"] for c in group if "accuracy_in_keras3" in c]
+    row["accuracy_in_keras3_mean"] = statistics.fmean(in_keras3) if in_keras3 else None
+    return row
+
+
+def _dense(dense: list[dict]) -> dict:
+    result = {}
+    for model in sorted({d["model"] for d in dense}):
+        accuracies = [d["accuracy"] for d in dense if d["model"] == model]
+        result[model] = {"accuracy_mean": statistics.fmean(accuracies), "accuracy_spread": _spread(accuracies),
+                         "seeds": len(accuracies), "weights": dense[0]["weights"] if dense else None}
+        result[model]["weights"] = next(d["weights"] for d in dense if d["model"] == model)
+    return result
+
+
+def _index(rows: list[dict]) -> dict:
+    return {(r["model"], r["sparsity"], r["tool"]): r for r in rows}
+
+
+def _comparisons(rows: list[dict]) -> list[dict]:
+    index, result = _index(rows), []
+    for (model, sparsity, tool), ours in sorted(index.items()):
+        theirs = index.get((model, sparsity, "tfmot"))
+        if tool != "keras_prune" or theirs is None:
+            continue
+        diff = ours["accuracy_mean"] - theirs["accuracy_mean"]
+        spread = max(ours["accuracy_spread"], theirs["accuracy_spread"])
+        verdict = "tie" if abs(diff) <= spread else ("better" if diff > 0 else "worse")
+        time_ratio = ours["epoch_seconds"] / theirs["epoch_seconds"]
+        cpu_ratio = ours["epoch_cpu_seconds"] / theirs["epoch_cpu_seconds"]
+        result.append({"model": model, "sparsity": sparsity, "keras_prune": ours["accuracy_mean"],
+                       "tfmot": theirs["accuracy_mean"], "difference": diff, "spread": spread,
+                       "verdict": verdict, "seeds": min(len(ours["seeds"]), len(theirs["seeds"])),
+                       "epoch_time_ratio": time_ratio, "epoch_cpu_ratio": cpu_ratio})
+    return result
+
+
+def _loss_begins(rows: list[dict]) -> dict:
+    """Per model and tool: the accuracy loss at each sparsity, and the first sparsity with a loss."""
+    index, result = _index(rows), {}
+    for (model, sparsity, tool), base in sorted(index.items()):
+        if sparsity != 0:
+            continue
+        losses = {}
+        for (m, s, t), row in sorted(index.items()):
+            if m == model and t == tool and s > 0:
+                tolerance = max(MIN_LOSS, base["accuracy_spread"], row["accuracy_spread"])
+                losses[s] = {"loss": base["accuracy_mean"] - row["accuracy_mean"], "tolerance": tolerance}
+        first = next((s for s, v in sorted(losses.items()) if v["loss"] > v["tolerance"]), None)
+        result.setdefault(model, {})[tool] = {"baseline": base["accuracy_mean"], "losses": losses,
+                                              "first_loss_at": first}
+    return result
+
+
+def write_all(name: str, out: Path, budget: dict, page: Path | None) -> dict:
+    """Summarizes the cells under ``out``; writes the summary JSON, the plots and the page."""
+    import plots
+
+    summary = summarize(load_cells(out / "cells"), load_cells(out / "dense"))
+    summary.update(name=name, budget=budget, han_2015=HAN_2015,
+                   models={m: shared.MODELS[m][2] for m in summary["dense"]},
+                   schedule=shared.schedule_steps(budget))
+    summary["plots"] = plots.write_plots(summary, shared.RESULTS, name)
+    shared.write_json(shared.RESULTS / f"{name}.json", summary)
+    text = render(summary)
+    print(text)
+    if page is not None:
+        page.write_text(text)
+    return summary
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}"
+
+
+def _kb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1024:,.0f}"
+
+
+def render(summary: dict) -> str:
+    """The results page in Markdown."""
+    parts = [_intro(summary), _verdicts(summary), _han(summary), _loss(summary), _timing(summary),
+             _sizes(summary), _shortfalls(summary)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+def _intro(summary: dict) -> str:
+    b, m = summary["budget"], summary["machine"]
+    s = summary["schedule"]
+    models = "\n".join(f"- `{k}`: {v}" for k, v in summary["models"].items())
+    images = [f"![{k}](../benchmarks/results/{Path(v).name})" for k, v in summary.get("plots", {}).items()]
+    return f"""# Results: keras-prune vs tfmot
+
+Generated by `benchmarks/tfmot_compare/page.py` from `benchmarks/results/{summary['name']}.json`.
+Reproduce with:
+
+```
+.venv/bin/python benchmarks/tfmot_compare/harness.py --data-dir ../shared/data
+```
+
+Both tools start from the same pretrained dense weights (one per model and seed, trained with
+Keras 3) and fine-tune with the same magnitude-pruning schedule: PolynomialDecay from 0 to the
+target sparsity, power {s['power']}, a mask update every {s['frequency']} steps from step 0 to step
+{s['end_step']}, then held. Same optimizer (Adam, learning rate {b['learning_rate']}), batch size
+{b['batch_size']}, {b['epochs']} epochs of {b['epoch_samples']:,} training images (a seeded random subset each
+epoch, in the same order for both tools), and seeds. Every layer's kernel is pruned to the target
+(per-layer ranking, tfmot's default). Sparsity 0 is plain fine-tuning with the same budget: the
+baseline for accuracy loss and training overhead. keras-prune runs on Keras
+{summary.get('versions', {}).get('keras', '')} (TensorFlow backend); tfmot {_version(summary)} runs on Keras 2 (`tf_keras`
+{summary.get('versions', {}).get('tf_keras', '')}) in its own process and virtualenv.
+
+Models:
+{models}
+
+{_machine_text(m)}
+
+Rules: a difference of mean accuracy within the larger seed-to-seed standard deviation is a tie.
+An accuracy loss counts once it exceeds that spread and 0.1 percentage point.
+
+{chr(10).join(images)}"""
+
+
+def _machine_text(m: dict) -> str:
+    if not m:
+        return "Machine: not recorded."
+    low, high = m["load_average_1min_range"]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['system']}, Python {m['python']}. The 1-minute load "
+            f"average seen at the end of the cells ranged from {low:.1f} to {high:.1f}"
+            + (f" on {m['cores']} cores: the machine was shared with other jobs, so wall times are noisy; CPU "
+               "times, and ratios measured within one process, are steadier." if high > m["cores"] else "."))
+
+
+def _version(summary: dict) -> str:
+    return summary.get("versions", {}).get("tfmot", "")
+
+
+def _verdicts(summary: dict) -> str:
+    lines = ["## Accuracy: keras-prune vs tfmot", "",
+             "Test accuracy (%), mean over seeds, ± the seed-to-seed standard deviation.", "",
+             "| model | sparsity | seeds | keras-prune | tfmot | difference (pp) | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    rows = _index(summary["rows"])
+    for c in summary["comparisons"]:
+        ours, theirs = rows[(c["model"], c["sparsity"], "keras_prune")], rows[(c["model"], c["sparsity"], "tfmot")]
+        lines.append(f"| {c['model']} | {pct(c['sparsity'], 0)}% | {c['seeds']} | "
+                     f"{pct(ours['accuracy_mean'])} ± {pct(ours['accuracy_spread'])} | "
+                     f"{pct(theirs['accuracy_mean'])} ± {pct(theirs['accuracy_spread'])} | "
+                     f"{100 * c['difference']:+.2f} | {c['verdict']} |")
+    counts = {v: sum(c["verdict"] == v for c in summary["comparisons"]) for v in ("better", "tie", "worse")}
+    lines += ["", f"keras-prune better: {counts['better']}, tie: {counts['tie']}, worse: {counts['worse']} "
+                  f"(of {len(summary['comparisons'])} model x sparsity pairs)."]
+    return "\n".join(lines)
+
+
+def _han(summary: dict) -> str:
+    rows = _index(summary["rows"])
+    lines = ["## Han et al. 2015 on MNIST", "",
+             "Han et al. report pruning 12x (8% of the weights kept, about 92% sparsity) with no loss. "
+             "Error (%) = 100 - accuracy; ours are means over seeds.", "",
+             "| model | Han dense | Han pruned 12x | our dense (pretrained) | plain fine-tuned | "
+             "keras-prune 92% | tfmot 92% | keras-prune 95% (20x) | tfmot 95% (20x) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for model, han in HAN_2015.items():
+        if model not in summary["dense"]:
+            continue
+
+        def err(sparsity, tool):
+            row = rows.get((model, sparsity, tool))
+            return "-" if row is None else f"{100 * (1 - row['accuracy_mean']):.2f}"
+
+        lines.append(f"| {model} | {han['dense_error']:.2f} | {han['pruned_error']:.2f} | "
+                     f"{100 * (1 - summary['dense'][model]['accuracy_mean']):.2f} | {err(0.0, 'keras_prune')} | "
+                     f"{err(0.92, 'keras_prune')} | {err(0.92, 'tfmot')} | {err(0.95, 'keras_prune')} | "
+                     f"{err(0.95, 'tfmot')} |")
+    return "\n".join(lines)
+
+
+def _loss(summary: dict) -> str:
+    lines = ["## Where the accuracy loss begins", "",
+             "Loss in percentage points against plain fine-tuning with the same budget (positive = worse).", ""]
+    sparsities = sorted({r["sparsity"] for r in summary["rows"] if r["sparsity"] > 0})
+    lines += ["| model | tool | " + " | ".join(f"{pct(s, 0)}%" for s in sparsities) + " | loss begins at |",
+              "|---|---|" + "---|" * (len(sparsities) + 1)]
+    for model, tools in summary["loss_begins"].items():
+        for tool, info in tools.items():
+            cells = [f"{100 * info['losses'][s]['loss']:+.2f}" if s in info["losses"] else "-" for s in sparsities]
+            first = info["first_loss_at"]
+            lines.append(f"| {model} | {TOOL_NAMES[tool]} | " + " | ".join(cells) +
+                         f" | {'no loss up to the highest sparsity' if first is None else pct(first, 0) + '%'} |")
+    return "\n".join(lines)
+
+
+def _timing(summary: dict) -> str:
+    lines = ["## Training time", "",
+             "Median seconds per epoch (first epoch excluded), wall and process CPU time, and the overhead "
+             "of pruning: the ratio to the same tool's plain fine-tuning, run just before in the same process.", "",
+             "| model | sparsity | keras-prune s/epoch (CPU) | tfmot s/epoch (CPU) | keras-prune overhead wall (CPU) "
+             "| tfmot overhead wall (CPU) |", "|---|---|---|---|---|---|"]
+    rows = _index(summary["rows"])
+    for (model, sparsity, tool), ours in sorted(rows.items()):
+        theirs = rows.get((model, sparsity, "tfmot"))
+        if tool != "keras_prune" or theirs is None:
+            continue
+
+        def ratio(row):
+            if row["overhead_seconds"] is None:
+                return "-"
+            return f"{row['overhead_seconds']:.2f}x ({row['overhead_cpu_seconds']:.2f}x)"
+
+        lines.append(f"| {model} | {pct(sparsity, 0)}% | {ours['epoch_seconds']:.2f} ({ours['epoch_cpu_seconds']:.2f}) | "
+                     f"{theirs['epoch_seconds']:.2f} ({theirs['epoch_cpu_seconds']:.2f}) | "
+                     f"{ratio(ours) if sparsity else '1 (baseline)'} | {ratio(theirs) if sparsity else '1 (baseline)'} |")
+    return "\n".join(lines)
+
+
+def _sizes(summary: dict) -> str:
+    lines = ["## File sizes", "",
+             "KiB of the stripped model, median over seeds. keras-prune: Keras 3 `.keras`, gzip -9 of it, and "
+             "`.kpsparse` (exact float32 values). tfmot: `tf_keras` `.h5`, gzip -9 of it, and the `.kpsparse` "
+             "of its weights loaded into the same Keras 3 model.", "",
+             "| model | sparsity | keras-prune .keras | gzip | .kpsparse | tfmot .h5 | gzip | .kpsparse |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = _index(summary["rows"])
+    for (model, sparsity, tool), ours in sorted(rows.items()):
+        theirs = rows.get((model, sparsity, "tfmot"))
+        if tool != "keras_prune" or theirs is None:
+            continue
+        lines.append(f"| {model} | {pct(sparsity, 0)}% | {_kb(ours['keras_bytes'])} | {_kb(ours['keras_gzip_bytes'])} | "
+                     f"{_kb(ours['sparse_bytes'])} | {_kb(theirs['h5_bytes'])} | {_kb(theirs['h5_gzip_bytes'])} | "
+                     f"{_kb(theirs['sparse_bytes'])} |")
+    return "\n".join(lines)
+
+
+def _shortfalls(summary: dict) -> str:
+    """Every pair where keras-prune misses the targets, stated plainly."""
+    worse = [c for c in summary["comparisons"] if c["verdict"] == "worse"]
+    slower = [r for r in summary["rows"] if r["tool"] == "keras_prune" and r["sparsity"] > 0
+              and r["overhead_cpu_seconds"] is not None
+              and r["overhead_cpu_seconds"] > _overhead(summary, r, "tfmot")]
+    lines = ["## Where keras-prune is not better"]
+    if not worse and not slower:
+        return "\n".join(lines + ["", "Nowhere in this run: every accuracy is a tie or better, and every "
+                                  "training overhead (CPU time) is lower than tfmot's."])
+    lines.append("")
+    for c in worse:
+        lines.append(f"- Accuracy, {c['model']} at {pct(c['sparsity'], 0)}%: {pct(c['keras_prune'])}% vs "
+                     f"tfmot's {pct(c['tfmot'])}% ({100 * c['difference']:+.2f} pp, spread {pct(c['spread'])}).")
+    for r in slower:
+        lines.append(f"- Training overhead (CPU), {r['model']} at {pct(r['sparsity'], 0)}%: "
+                     f"{r['overhead_cpu_seconds']:.2f}x vs tfmot's {_overhead(summary, r, 'tfmot'):.2f}x.")
+    return "\n".join(lines)
+
+
+def _overhead(summary: dict, row: dict, tool: str) -> float:
+    other = _index(summary["rows"]).get((row["model"], row["sparsity"], tool))
+    return float("inf") if other is None or other["overhead_cpu_seconds"] is None else other["overhead_cpu_seconds"]

@@ -1,0 +1,108 @@
+"""The tfmot comparison's pure helpers: aggregation, verdicts, loss onset, page, data order.
+
+No training and no tfmot here: the cells are small hand-made dicts.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tfmot_compare"))
+
+import page  # noqa: E402
+import shared  # noqa: E402
+
+pytestmark = pytest.mark.core
+
+
+def cell(tool, sparsity, seed, accuracy, seconds=1.0, cpu=2.0, model="lenet_300_100"):
+    return {"tool": tool, "model": model, "seed": seed, "sparsity": sparsity, "accuracy": accuracy,
+            "kernel_sparsity": sparsity, "epoch_seconds": [9.0, seconds, seconds],
+            "epoch_cpu_seconds": [9.0, cpu, cpu], "keras_bytes": 1000, "keras_gzip_bytes": 900,
+            "h5_bytes": 1100, "h5_gzip_bytes": 950, "sparse_bytes": 100 + seed,
+            "versions": {"tfmot": "0.8.0"} if tool == "tfmot" else {"keras": "3.x"},
+            "machine": {"cpu": "cpu", "cores": 2, "system": "Linux", "python": "3.11", "load_average_1min": 1.0 + seed}}
+
+
+def fake_cells():
+    cells = []
+    for seed in (0, 1):
+        cells += [cell("keras_prune", 0.0, seed, 0.980), cell("tfmot", 0.0, seed, 0.980, seconds=0.8, cpu=1.6)]
+        # 0.5: within the spread (a tie); 0.9: keras-prune clearly better; 0.95: clearly worse.
+        cells += [cell("keras_prune", 0.5, seed, 0.979 + 0.002 * seed, seconds=1.1, cpu=2.2),
+                  cell("tfmot", 0.5, seed, 0.980 + 0.002 * seed, seconds=1.0, cpu=2.0)]
+        cells += [cell("keras_prune", 0.9, seed, 0.975, seconds=1.1, cpu=2.2),
+                  cell("tfmot", 0.9, seed, 0.960, seconds=1.0, cpu=2.4)]
+        cells += [cell("keras_prune", 0.95, seed, 0.940, cpu=2.4), cell("tfmot", 0.95, seed, 0.950, cpu=1.6)]
+    dense = [{"model": "lenet_300_100", "seed": s, "accuracy": 0.981, "weights": 266610} for s in (0, 1)]
+    return cells, dense
+
+
+def test_verdicts_use_the_seed_spread():
+    summary = page.summarize(*fake_cells())
+    verdicts = {c["sparsity"]: c["verdict"] for c in summary["comparisons"]}
+    assert verdicts == {0.0: "tie", 0.5: "tie", 0.9: "better", 0.95: "worse"}
+    at_half = next(c for c in summary["comparisons"] if c["sparsity"] == 0.5)
+    assert at_half["spread"] == pytest.approx(np.std([0.979, 0.981], ddof=1))
+    assert at_half["difference"] == pytest.approx(-0.001)
+
+
+def test_one_seed_has_no_spread_so_any_difference_decides():
+    cells = [cell("keras_prune", 0.5, 0, 0.9801), cell("tfmot", 0.5, 0, 0.9800)]
+    summary = page.summarize(cells, [])
+    assert summary["comparisons"][0]["verdict"] == "better"
+
+
+def test_overhead_is_relative_to_the_same_tools_plain_run_of_the_same_seed():
+    rows = page._index(page.summarize(*fake_cells())["rows"])
+    assert rows[("lenet_300_100", 0.5, "keras_prune")]["overhead_seconds"] == pytest.approx(1.1)
+    assert rows[("lenet_300_100", 0.5, "tfmot")]["overhead_seconds"] == pytest.approx(1.25)
+    assert rows[("lenet_300_100", 0.9, "tfmot")]["overhead_cpu_seconds"] == pytest.approx(1.5)
+    assert rows[("lenet_300_100", 0.0, "tfmot")]["epoch_seconds"] == pytest.approx(0.8)  # first epoch dropped
+
+
+def test_loss_begins_at_the_first_sparsity_beyond_tolerance():
+    losses = page.summarize(*fake_cells())["loss_begins"]["lenet_300_100"]
+    assert losses["keras_prune"]["first_loss_at"] == 0.9
+    assert losses["tfmot"]["first_loss_at"] == 0.9
+    assert losses["keras_prune"]["losses"][0.95]["loss"] == pytest.approx(0.04)
+    cells = [cell("keras_prune", 0.0, 0, 0.98), cell("keras_prune", 0.5, 0, 0.9795)]
+    assert page.summarize(cells, [])["loss_begins"]["lenet_300_100"]["keras_prune"]["first_loss_at"] is None
+
+
+def test_page_states_every_pair_and_each_shortfall():
+    cells, dense = fake_cells()
+    summary = page.summarize(cells, dense)
+    summary.update(name="fake", budget={"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3,
+                                        "frequency": 5, "ramp": 0.5},
+                   schedule={"power": 3, "frequency": 5, "end_step": 20}, models={"lenet_300_100": "MLP"})
+    text = page.render(summary)
+    assert "| lenet_300_100 | 90% | 2 | 97.50 ± 0.00 | 96.00 ± 0.00 | +1.50 | better |" in text
+    assert "| lenet_300_100 | 95% | 2 | 94.00 ± 0.00 | 95.00 ± 0.00 | -1.00 | worse |" in text
+    assert "keras-prune better: 1, tie: 2, worse: 1" in text
+    assert "ranged from 1.0 to 2.0." in text
+    assert "- Accuracy, lenet_300_100 at 95%: 94.00% vs tfmot's 95.00%" in text
+    # CPU overhead at 50%: keras-prune 1.10x, tfmot 1.25x (not listed); at 95%: 1.20x vs 1.00x (listed).
+    assert "Training overhead (CPU), lenet_300_100 at 50%" not in text
+    assert "- Training overhead (CPU), lenet_300_100 at 95%: 1.20x vs tfmot's 1.00x." in text
+    assert "| lenet_300_100 | 1.64 | 1.59 | 1.90 | 2.00 | - | - | 6.00 | 5.00 |" in text
+
+
+def test_data_order_is_shared_and_seeded():
+    a = shared.epoch_indices(seed=1, epoch=2, n=1000, samples=300)
+    assert np.array_equal(a, shared.epoch_indices(1, 2, 1000, 300))
+    assert len(np.unique(a)) == 300
+    assert not np.array_equal(a, shared.epoch_indices(1, 3, 1000, 300))
+    assert not np.array_equal(a, shared.epoch_indices(2, 2, 1000, 300))
+
+
+def test_schedule_ramps_over_the_first_half_on_update_steps():
+    job = {"epochs": 4, "epoch_samples": 15000, "batch_size": 128, "frequency": 25, "ramp": 0.5}
+    steps = shared.schedule_steps(job)  # 4 x 118 = 472 steps; half is 236 -> 225
+    assert steps == {"initial_sparsity": 0.0, "begin_step": 0, "end_step": 225, "frequency": 25, "power": 3}
+
+
+def test_kernel_sparsity_counts_zeros_over_all_kernels():
+    assert shared.kernel_sparsity([np.zeros((2, 2)), np.ones((4,))]) == pytest.approx(0.5)
