@@ -98,3 +98,14 @@ def test_check_pattern_rejects_bad_patterns(kwargs, fragment):
     with pytest.raises(ValueError) as info:
         masks.check_pattern(**kwargs)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lowest_k_matches_a_stable_sort_with_many_ties_and_zeros(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(100):
+        scores = rng.integers(0, 4, size=rng.integers(1, 60)).astype("float32")
+        k = int(rng.integers(0, scores.size + 1))
+        expected = np.ones(scores.size, dtype=bool)
+        expected[np.argsort(scores, kind="stable")[:k]] = False
+        np.testing.assert_array_equal(masks.lowest_k_mask(scores, k), expected)

@@ -34,14 +34,16 @@ def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowM
         if wrapper.scope == "global":
             global_groups[repr(wrapper.pruning_schedule)].append(wrapper)
         else:
-            wrapper.assign_masks(wrapper.compute_masks(wrapper.pruning_schedule.sparsity_at(step)))
+            scores = wrapper.scores()
+            sparsity = wrapper.pruning_schedule.sparsity_at(step)
+            wrapper.assign_masks(wrapper.compute_masks(sparsity, scores), scores)
     for group in global_groups.values():
         sparsity = group[0].pruning_schedule.sparsity_at(step)
-        scores = [s for wrapper in group for s in wrapper.scores()]
-        keep = masks.global_sparsity_masks(scores, sparsity)
-        for wrapper in group:
-            count = len(wrapper.prunable_weights())
-            wrapper.assign_masks(keep[:count])
+        scores = [wrapper.scores() for wrapper in group]
+        keep = masks.global_sparsity_masks([s for layer in scores for s in layer], sparsity)
+        for wrapper, layer_scores in zip(group, scores):
+            count = len(layer_scores)
+            wrapper.assign_masks(keep[:count], layer_scores)
             keep = keep[count:]
     return due
 

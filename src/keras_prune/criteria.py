@@ -22,5 +22,4 @@ def pruned_threshold(scores: np.ndarray, keep: np.ndarray) -> float:
         >>> pruned_threshold(np.array([0.1, 0.3, 0.2]), np.array([False, True, False]))
         0.2
     """
-    pruned = np.asarray(scores)[~np.asarray(keep)]
-    return float(pruned.max()) if pruned.size else 0.0
+    return float(np.max(scores, where=~np.asarray(keep), initial=0.0))

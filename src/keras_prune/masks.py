@@ -43,11 +43,21 @@ def lowest_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
         return keep.reshape(np.shape(scores))
     if k >= flat.size:
         return np.zeros(np.shape(scores), dtype=bool)
-    kth = np.partition(flat, k - 1)[k - 1]
-    below = flat < kth
-    keep[below] = False
-    ties = np.flatnonzero(flat == kth)
-    keep[ties[: k - int(below.sum())]] = False
+    candidates = np.arange(flat.size)
+    if flat.min() == 0:
+        # Mid-pruning most magnitudes are exactly 0, and a partition over many equal values
+        # is ~100x slower: take the zeros first (they rank lowest), in index order.
+        zeros = np.flatnonzero(flat == 0)
+        keep[zeros[:k]] = False
+        k -= min(k, zeros.size)
+        candidates = np.flatnonzero(flat != 0)
+    if k:
+        rest = flat[candidates]
+        kth = np.partition(rest, k - 1)[k - 1]
+        below = rest < kth
+        keep[candidates[below]] = False
+        ties = candidates[rest == kth]
+        keep[ties[: k - int(below.sum())]] = False
     return keep.reshape(np.shape(scores))
 
 

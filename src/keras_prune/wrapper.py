@@ -212,20 +212,21 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """Magnitude importance of each prunable weight."""
         return [criteria.magnitude(keras.ops.convert_to_numpy(w)) for w in self.prunable_weights()]
 
-    def compute_masks(self, sparsity: float) -> list[np.ndarray]:
+    def compute_masks(self, sparsity: float, scores: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Masks for ``sparsity`` under this wrapper's pattern, one per weight (layer scope)."""
         return [
             masks.pattern_mask(
                 score, sparsity, self.block_size, self.block_pooling_type, self.sparsity_m_by_n
             )
-            for score in self.scores()
+            for score in (scores if scores is not None else self.scores())
         ]
 
-    def assign_masks(self, keep: list[np.ndarray]) -> None:
+    def assign_masks(self, keep: list[np.ndarray], scores: list[np.ndarray] | None = None) -> None:
         """Sets the masks and zeroes the pruned weights now; the masks then hold in training.
 
         Args:
             keep: one boolean array per prunable weight, shaped like it (``True`` keeps).
+            scores: the magnitudes the masks came from, if already at hand (saves a read).
         """
         weights = self.prunable_weights()
         if len(keep) != len(weights):
@@ -233,17 +234,18 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 f"Argument `keep` must hold {len(weights)} masks for layer '{self.name}'. "
                 f"Received: {len(keep)} masks"
             )
-        for weight, mask, threshold, k in zip(weights, self._masks, self._thresholds, keep):
-            k = np.asarray(k, dtype=bool)
+        keep = [np.asarray(k, dtype=bool) for k in keep]
+        for weight, k in zip(weights, keep):
             if k.shape != tuple(weight.shape):
                 raise ValueError(
                     f"Mask for '{weight.path}' must have shape {tuple(weight.shape)}. "
                     f"Received: shape={k.shape}"
                 )
-            values = keras.ops.convert_to_numpy(weight)
-            threshold.assign(criteria.pruned_threshold(np.abs(values), k))
+        scores = scores if scores is not None else self.scores()
+        for mask, threshold, k, score in zip(self._masks, self._thresholds, keep, scores):
+            threshold.assign(criteria.pruned_threshold(score, k))
             mask.assign(k.astype(mask.dtype))
-            weight.assign(np.where(k, values, 0).astype(values.dtype))
+        self.apply_masks()
 
     def apply_masks(self) -> None:
         """Zeroes every pruned position again (after an optimizer that may have moved it)."""
