@@ -47,6 +47,7 @@ def test_litert_refuses_other_backends_with_the_fix(monkeypatch):
         convert_litert(mlp())
 
 
+@pytest.mark.core
 def test_cli_export_sparse_round_trips_and_reports(model_file, tmp_path, capsys):
     out = tmp_path / "m.kpsparse"
     assert main(["export", str(model_file), "-o", str(out), "--values", "int8"]) == 0
@@ -57,6 +58,7 @@ def test_cli_export_sparse_round_trips_and_reports(model_file, tmp_path, capsys)
     assert "90.0%" in capsys.readouterr().out
 
 
+@pytest.mark.core
 @pytest.mark.parametrize(
     "argv, message",
     [
