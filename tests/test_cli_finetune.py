@@ -98,23 +98,23 @@ def test_loss_comes_from_flags_when_the_model_has_none(capsys, tmp_path):
     assert zeros(out, "hidden") == 64
 
 
-@pytest.mark.parametrize(
-    "arrays, phrase",
-    [
-        ({"x_train": np.zeros((8, 5), "float32"), "y_train": np.zeros(8, "int64")}, "expects inputs of shape"),
-        ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.zeros(7, "int64")}, "must be equal"),
-        ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.full(8, 5)}, "outputs 2 classes"),
-        ({"x_train": np.full((8, 8), np.nan, "float32"), "y_train": np.zeros(8, "int64")}, "NaN"),
-        ({"x": np.zeros((8, 8), "float32")}, "lacks x_train and y_train"),
-        ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.zeros(8), "x_val": np.zeros((2, 8))}, "x_val and y_val"),
-    ],
-)
-def test_bad_data_is_refused_before_training(capsys, tmp_path, arrays, phrase):
+BAD_DATA = [
+    ({"x_train": np.zeros((8, 5), "float32"), "y_train": np.zeros(8, "int64")}, "expects inputs of shape"),
+    ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.zeros(7, "int64")}, "must be equal"),
+    ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.full(8, 5)}, "outputs 2 classes"),
+    ({"x_train": np.full((8, 8), np.nan, "float32"), "y_train": np.zeros(8, "int64")}, "NaN"),
+    ({"x": np.zeros((8, 8), "float32")}, "lacks x_train and y_train"),
+    ({"x_train": np.zeros((8, 8), "float32"), "y_train": np.zeros(8), "x_val": np.zeros((2, 8))}, "x_val and y_val"),
+]
+
+
+def test_bad_data_is_refused_before_training(capsys, tmp_path):
     model, _ = make_files(tmp_path)
-    np.savez(tmp_path / "bad.npz", **arrays)
     out = tmp_path / "out.keras"
-    code, _, err = run(capsys, "finetune", model, "--data", tmp_path / "bad.npz", "-o", out, "--sparsity", "0.5")
-    assert code == 1 and phrase in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    for arrays, phrase in BAD_DATA:
+        np.savez(tmp_path / "bad.npz", **arrays)
+        code, _, err = run(capsys, "finetune", model, "--data", tmp_path / "bad.npz", "-o", out, "--sparsity", "0.5")
+        assert code == 1 and phrase in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists() and not (tmp_path / "out.keras.ckpt").exists()
 
 

@@ -114,26 +114,26 @@ def test_strip_removes_wrappers(capsys, tmp_path):
     assert not (tmp_path / "again.keras").exists()
 
 
-@pytest.mark.parametrize(
-    "args, phrases",
-    [
-        (["--sparsity", "1.5"], ["--sparsity must be in [0, 1)", "1.5"]),
-        (["--sparsity", "-0.1"], ["--sparsity must be in [0, 1)", "-0.1"]),
-        (["--sparsity", "abc"], ["--sparsity must be a number", "abc"]),
-        (["--threshold", "-1"], ["--threshold must be a finite number >= 0"]),
-        ([], ["Give --sparsity S or --threshold T"]),
-        (["--pattern", "4:2"], ["0 < M < N"]),
-        (["--pattern", "zigzag"], ["--pattern must be unstructured"]),
-        (["--pattern", "2:4", "--sparsity", "0.5"], ["drop --sparsity"]),
-        (["--sparsity", "0.5", "--include", "("], ["--include is not a valid regular expression"]),
-        (["--sparsity", "0.5", "--include", "nothing"], ["No prunable weights"]),
-        (["--sparsity", "0.5", "--scope", "global", "--pattern", "block:2x2"], ["scope='layer'"]),
-    ],
-)
-def test_prune_bad_arguments(capsys, tmp_path, model_file, args, phrases):
+BAD_PRUNE_ARGUMENTS = [
+    (["--sparsity", "1.5"], ["--sparsity must be in [0, 1)", "1.5"]),
+    (["--sparsity", "-0.1"], ["--sparsity must be in [0, 1)", "-0.1"]),
+    (["--sparsity", "abc"], ["--sparsity must be a number", "abc"]),
+    (["--threshold", "-1"], ["--threshold must be a finite number >= 0"]),
+    ([], ["Give --sparsity S or --threshold T"]),
+    (["--pattern", "4:2"], ["0 < M < N"]),
+    (["--pattern", "zigzag"], ["--pattern must be unstructured"]),
+    (["--pattern", "2:4", "--sparsity", "0.5"], ["drop --sparsity"]),
+    (["--sparsity", "0.5", "--include", "("], ["--include is not a valid regular expression"]),
+    (["--sparsity", "0.5", "--include", "nothing"], ["No prunable weights"]),
+    (["--sparsity", "0.5", "--scope", "global", "--pattern", "block:2x2"], ["scope='layer'"]),
+]
+
+
+def test_prune_bad_arguments(capsys, tmp_path, model_file):
     out = tmp_path / "out.keras"
-    code, _, err = run(capsys, "prune", model_file, "-o", out, *args)
-    assert_one_line_failure(code, err, *phrases)
+    for args, phrases in BAD_PRUNE_ARGUMENTS:
+        code, _, err = run(capsys, "prune", model_file, "-o", out, *args)
+        assert_one_line_failure(code, err, *phrases)
     assert not out.exists()
 
 
