@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -175,6 +176,13 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def relative(value: object) -> str:
+    """Paths as seen from the repository root, so results name no machine's folders."""
+    if isinstance(value, Path):
+        return os.path.relpath(value.resolve(), REPO)
+    return str(value)
+
+
 def main() -> None:
     args = parse_args()
     keras.utils.set_random_seed(args.seed)
@@ -209,7 +217,7 @@ def main() -> None:
         "all_int8_at_90_within_0.035x_dense": all(r["int8_vs_dense_keras"] <= INT8_TARGET for r in at90),
     }
     print(json.dumps(summary))
-    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "machine": platform.platform(),
+    payload = {"args": {k: relative(v) for k, v in vars(args).items()}, "machine": platform.platform(),
                "keras": keras.__version__, "summary": summary, "results": results}
     atomic_write(args.output, lambda tmp: Path(tmp).write_text(json.dumps(payload, indent=2)))
     plot(results, args.output.with_suffix(".png"))
