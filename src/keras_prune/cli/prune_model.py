@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from keras_prune.cli import CLIError
 from keras_prune.cli._common import (
@@ -107,6 +108,7 @@ def layer_filter(model, include: str | None, exclude: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from keras_prune.io import atomic_write, check_output_path
     from keras_prune.oneshot import magnitude_prune
 
     sparsity = fraction("--sparsity", args.sparsity)
@@ -118,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--pattern M:N sets the sparsity to M/N; drop --sparsity/--threshold.")
     check_output(args)
     if args.report:
-        check_output(argparse.Namespace(**{**vars(args), "output": args.report}), suffixes=(".json",))
+        check_output_path(args.report, overwrite=args.overwrite, inputs=[args.model], suffixes=(".json",))
     model = load(args)
     report = magnitude_prune(
         model,
@@ -131,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
     report.settings.update(model=args.model, output=args.output)
     save(model, args)
     if args.report:
-        from keras_prune.io import atomic_write
-
-        atomic_write(args.report, lambda tmp: open(tmp, "w").write(report.to_json()))
+        atomic_write(args.report, lambda tmp: Path(tmp).write_text(report.to_json() + "\n"))
     print_report(report, title=f"{args.output} (pruned from {args.model})")
     return 0
