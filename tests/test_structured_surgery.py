@@ -288,3 +288,17 @@ def test_taylor_needs_a_compiled_loss():
     data = (np.zeros((4, 4), "float32"), np.zeros((4, 1), "float32"))
     with pytest.raises(ValueError, match="compiled with a single loss"):
         plan_channels(model, 0.5, importance="taylor", calibration_data=data)
+
+
+def test_token_inputs_of_any_length_and_embeddings():
+    tokens = keras.Input((None,), dtype="int32")
+    h = L.Embedding(50, 16, name="embed")(tokens)
+    h = L.Dense(32, activation="relu", name="hidden")(h)
+    model = keras.Model(tokens, L.Dense(2, name="head")(L.GlobalAveragePooling1D()(h)))
+    model = _randomize(model)
+    plan = plan_channels(model, 0.5)
+    zero_removed(plan)
+    small = apply_plan(plan)
+    assert (small.get_layer("embed").output_dim, small.get_layer("hidden").units) == (8, 16)
+    x = np.array([[1, 5, 7, 2, 9]], "int32")
+    np.testing.assert_allclose(_outputs(small, x), _outputs(model, x), atol=1e-5)

@@ -399,13 +399,10 @@ def walk_nodes(model: keras.Model):
 
 
 def _channels(tensor) -> int:
+    # An unknown last axis (token ids of any length, ...) has no channels to prune; no
+    # layer with weights can consume it, so nothing ever ties to these empty slots.
     size = tensor.shape[-1] if len(tensor.shape) else 1
-    if size is None:
-        raise ValueError(
-            f"Tensor '{tensor.name}' has an unknown channel count; structured pruning needs "
-            "static channel sizes. Give the model a fully specified input shape."
-        )
-    return int(size)
+    return 0 if size is None else int(size)
 
 
 def _spatial(tensor) -> int:
