@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune import PrunableLayer, UnsupportedLayerError, magnitude_prune
+from keras_prune import PrunableLayer, UnsupportedLayerError, magnitude_prune, prune_low_magnitude
 from keras_prune.masks import prune_count
 
 pytestmark = pytest.mark.core
@@ -191,10 +191,13 @@ def test_custom_prunable_layer_is_pruned():
     np.testing.assert_array_equal(kernel(model, "scale"), [0.0, -3.0, 0.0, 4.0])
 
 
-def test_unbuilt_model_is_refused():
+def test_unbuilt_or_wrapped_model_is_refused():
     model = keras.Sequential([keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="build it first"):
         magnitude_prune(model, sparsity=0.5)
+    wrapped = prune_low_magnitude(small_model())
+    with pytest.raises(ValueError, match="'prune_low_magnitude_conv' is wrapped.*strip_pruning"):
+        magnitude_prune(wrapped, sparsity=0.5)
 
 
 def test_predictions_match_manual_masking():

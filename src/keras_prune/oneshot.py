@@ -21,6 +21,7 @@ from keras_prune.analysis.report import PruningReport, iter_layers, summarize
 from keras_prune.criteria import magnitude
 from keras_prune.masks import check_pattern, global_sparsity_masks, pattern_mask, threshold_mask
 from keras_prune.registry import UnsupportedLayerError, prunable_weights
+from keras_prune.wrapper import PruneLowMagnitude
 
 SCOPES = ("layer", "global")
 LayerFilter = str | Callable[[keras.layers.Layer], bool] | None
@@ -167,6 +168,11 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
     for path, layer in iter_layers(model):
         if not layer.weights or not _matches(layer_filter, layer, path):
             continue
+        if isinstance(layer, PruneLowMagnitude):
+            raise ValueError(
+                f"Layer '{path}' is wrapped for gradual pruning; remove the wrappers first with "
+                "keras_prune.strip_pruning(model) (CLI: keras-prune strip)."
+            )
         try:
             variables = prunable_weights(layer)
         except UnsupportedLayerError as error:
