@@ -224,3 +224,11 @@ def test_fuzz_crafted_fields_with_valid_checksums_raise_sparse_format_error(key,
         return
     # A harmless change (e.g. an unused field) must still decode to the right tensor.
     assert array.shape == (40, 20) and np.count_nonzero(array) == 160
+
+
+def test_files_the_writer_makes_always_fit_the_readers_expansion_limit():
+    # 4 MB of zeros compress ~1000:1 or better; the writer must fall back to a form we accept.
+    for array, values in ((np.zeros((1000, 1000), "float32"), "float32"), (np.zeros((500, 300), "float32"), "int8")):
+        entry, decoded, stored = roundtrip(array, values)
+        assert array.nbytes <= fmt.EXPANSION * stored + fmt.ALLOWANCE
+        np.testing.assert_array_equal(decoded, array)
