@@ -162,6 +162,7 @@ def test_strip_returns_the_original_config_and_the_pruned_predictions(tmp_path):
     loaded = keras.saving.load_model(path)
     kernel = keras.ops.convert_to_numpy(loaded.layers[0].kernel)
     assert np.count_nonzero(kernel == 0) == masks.prune_count(0.8, kernel.size)
+    assert not np.signbit(kernel[kernel == 0]).any()  # +0.0, which compresses best
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), pruned.predict(x, verbose=0))
 
 

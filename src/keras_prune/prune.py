@@ -85,8 +85,9 @@ def transform_layers(
         inputs = keras.tree.map_structure(_same_input, model.input)
     cloned = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     for old, new in pairs:
-        target = new.layer if isinstance(new, PruneLowMagnitude) and not isinstance(old, PruneLowMagnitude) else new
-        source = old.layer if isinstance(old, PruneLowMagnitude) and not isinstance(new, PruneLowMagnitude) else old
+        # Weights live in the wrapped layer: pruning wraps the copy, stripping unwraps it.
+        source = old.layer if isinstance(old, PruneLowMagnitude) else old
+        target = new.layer if isinstance(new, PruneLowMagnitude) else new
         if source.built:
             target.set_weights(source.get_weights())
     return cloned

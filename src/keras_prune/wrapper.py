@@ -30,6 +30,11 @@ SCOPES = ("layer", "global")
 UNSTARTED = -1  # pruning_step before UpdatePruningStep has run
 
 
+def keep_masked(weight, mask):
+    """``weight`` where ``mask`` is 1, else +0.0 (a product would leave -0.0, which compresses worse)."""
+    return keras.ops.where(keras.ops.greater(mask, 0.5), weight, keras.ops.zeros_like(weight))
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class MaskConstraint(keras.constraints.Constraint):
     """Multiplies a variable by its mask after each optimizer update (then any own constraint)."""
@@ -41,7 +46,7 @@ class MaskConstraint(keras.constraints.Constraint):
     def __call__(self, w):
         if self.inner is not None:
             w = self.inner(w)
-        return keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+        return keep_masked(w, self.mask)
 
 
 def constraints_hold_masks() -> bool:
@@ -250,7 +255,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def apply_masks(self) -> None:
         """Zeroes every pruned position again (after an optimizer that may have moved it)."""
         for weight, mask in zip(self.prunable_weights(), self._masks):
-            weight.assign(keras.ops.multiply(weight, keras.ops.cast(mask, weight.dtype)))
+            weight.assign(keep_masked(weight, mask))
 
     # -- serialization ----------------------------------------------------------------------
 
