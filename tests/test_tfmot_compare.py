@@ -75,14 +75,15 @@ def test_loss_begins_at_the_first_sparsity_beyond_tolerance():
 def test_page_states_every_pair_and_each_shortfall():
     cells, dense = fake_cells()
     summary = page.summarize(cells, dense)
-    summary.update(name="fake", budget={"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3,
-                                        "frequency": 5, "ramp": 0.5},
-                   schedule={"power": 3, "frequency": 5, "end_step": 20}, models={"lenet_300_100": "MLP"})
+    budget = {"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3, "frequency": 5, "ramp": 0.5}
+    summary.update(name="fake", budget={"lenet_300_100": budget}, models={"lenet_300_100": "MLP"},
+                   schedule={"lenet_300_100": shared.schedule_steps(budget)})
     text = page.render(summary)
-    assert "| lenet_300_100 | 90% | 2 | 97.50 ± 0.00 | 96.00 ± 0.00 | +1.50 | better |" in text
-    assert "| lenet_300_100 | 95% | 2 | 94.00 ± 0.00 | 95.00 ± 0.00 | -1.00 | worse |" in text
+    assert "| lenet_300_100 | 90% | 2 | 97.50 ± 0.00 | 96.00 ± 0.00 | +1.50 | better | 90.000 / 90.000 |" in text
+    assert "| lenet_300_100 | 95% | 2 | 94.00 ± 0.00 | 95.00 ± 0.00 | -1.00 | worse | 95.000 / 95.000 |" in text
     assert "keras-prune better: 1, tie: 2, worse: 1" in text
     assert "ranged from 1.0 to 2.0." in text
+    assert "| lenet_300_100 | 3 | 100 | 39 | 15 |" in text  # 13 steps per epoch; half of 39 -> 15
     assert "- Accuracy, lenet_300_100 at 95%: 94.00% vs tfmot's 95.00%" in text
     # CPU overhead at 50%: keras-prune 1.10x, tfmot 1.25x (not listed); at 95%: 1.20x vs 1.00x (listed).
     assert "Training overhead (CPU), lenet_300_100 at 50%" not in text

@@ -36,7 +36,7 @@ import shared
 
 VENV = shared.REPO / "benchmarks" / ".venv-tfmot"
 TFMOT_REQUIREMENTS = ("tensorflow-cpu==2.21.*", "tf-keras==2.21.*", "tensorflow-model-optimization==0.8.*")
-FULL = {"epochs": 4, "epoch_samples": 15000, "pretrain_scale": 1.0}
+FULL = {"epochs": 4, "epoch_samples": None, "pretrain_scale": 1.0}  # images per epoch: per model
 QUICK = {"epochs": 3, "epoch_samples": 2000, "pretrain_scale": 0.0}  # one pretraining epoch
 
 
@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, help=f"default: {list(shared.SEEDS)}")
     parser.add_argument("--tools", nargs="+", choices=shared.TOOLS, default=list(shared.TOOLS))
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs; the first is not timed (default: 4)")
-    parser.add_argument("--epoch-samples", type=int, help="training images per epoch (default: 15000)")
+    parser.add_argument("--epoch-samples", type=int,
+                        help="training images per epoch (default: 60000 for the MLP, 15000 for the CNNs)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--learning-rate", type=float, default=5e-4, help="Adam, fine-tuning (default: 5e-4)")
     parser.add_argument("--frequency", type=int, default=25, help="steps between mask updates (default: 25)")
@@ -88,17 +89,20 @@ def ensure_tfmot_env() -> Path:
     return python
 
 
-def budget(args) -> dict:
-    return {"epochs": args.epochs, "epoch_samples": args.epoch_samples, "batch_size": args.batch_size,
+def budget(args, model: str) -> dict:
+    """The fine-tuning budget of ``model``: the same for both tools."""
+    samples = args.epoch_samples or shared.MODELS[model][2]
+    return {"epochs": args.epochs, "epoch_samples": samples, "batch_size": args.batch_size,
             "learning_rate": args.learning_rate, "frequency": args.frequency, "ramp": 0.5,
             "pretrain_scale": args.pretrain_scale}
 
 
-def check_budget(cells_dir: Path, expected: dict) -> None:
+def check_budget(cells_dir: Path, args) -> None:
     """Refuses to mix cells trained with another budget into this run's results."""
     for path in sorted(cells_dir.glob("*.json")):
-        found = json.loads(path.read_text())["budget"]
-        if found != expected:
+        cell = json.loads(path.read_text())
+        found, expected = cell["budget"], budget(args, cell["model"])
+        if cell["model"] in args.models and found != expected:
             raise SystemExit(f"{path.name} was trained with budget {found}, not {expected}. "
                              f"Use another --name, or delete {cells_dir} to start over.")
 
@@ -112,7 +116,7 @@ def run(command: list[str], env: dict | None = None) -> None:
 
 def job_for(args, model: str, seed: int, out: Path) -> dict:
     epochs = max(1, round(shared.MODELS[model][1] * args.pretrain_scale))
-    return {**budget(args), "budget": budget(args), "model": model, "seed": seed, "data_dir": str(args.data_dir),
+    return {**budget(args, model), "budget": budget(args, model), "model": model, "seed": seed, "data_dir": str(args.data_dir),
             "sparsities": [0.0, *args.sparsities], "cells_dir": str(out / "cells"),
             "pretrain_epochs": epochs, "dense_json": str(out / "dense" / f"{model}_seed{seed}.json"),
             "dense_npz": str(shared.CACHE / f"dense_{model}_seed{seed}_e{epochs}.npz"),
@@ -160,7 +164,7 @@ def complete_tfmot_cells(job: dict) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     out = shared.RESULTS / args.name
-    check_budget(out / "cells", budget(args))
+    check_budget(out / "cells", args)
     if args.report_only:
         args.seeds = []
     tfmot_python = ensure_tfmot_env() if "tfmot" in args.tools and args.seeds else None
@@ -177,7 +181,7 @@ def main(argv=None) -> None:
                     complete_tfmot_cells(job)
     import page
 
-    page.write_all(args.name, out, budget(args),
+    page.write_all(args.name, out, {model: budget(args, model) for model in shared.MODELS},
                      page=None if (args.no_page or args.quick) else shared.REPO / "docs" / "results.md")
 
 

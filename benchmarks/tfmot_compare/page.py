@@ -27,6 +27,30 @@ HAN_2015 = {
     "lenet5": {"dense_error": 0.80, "pruned_error": 0.77, "weights": "431K -> 36K", "compression": 12},
 }
 MIN_LOSS = 0.001
+# What the two implementations do differently in this like-for-like setting (read from both
+# code bases); it explains the results, whatever they are.
+MECHANISMS = """## Why the two tools land so close, and where they differ
+
+Run like for like, the two tools execute the same algorithm: at each update step, rank every
+kernel's weights by magnitude and keep the largest `round((1 - s) n)`; train with the pruned
+weights at zero in every forward pass. From the same weights, data order and schedule they
+follow nearly the same trajectory, so accuracy ties are the expected outcome. What differs:
+
+- Holding zeros. tfmot assigns `kernel * mask` inside every training forward pass and lets the
+  optimizer move pruned weights between steps (they are zeroed again by the next pass and at
+  each epoch end). keras-prune zeroes them right after each optimizer step, so every saved or
+  checkpointed model is sparse; the kept weights see the same updates either way.
+- Step counting. tfmot counts the step inside the train step, starting from 1; keras-prune
+  counts before each batch, starting from 0. A mask update may fire one batch apart.
+- Ties and exact counts. tfmot keeps every weight whose magnitude equals the threshold;
+  keras-prune prunes exactly `round(s n)` (see the achieved sparsity column).
+- Where the time goes. tfmot's mask update is a graph op in every train step (a conditional
+  top-k plus one assign per pruned weight). keras-prune decides in its callback, in Python,
+  before each batch, and recomputes masks only on update steps, with numpy; the zeroing after
+  the optimizer step is compiled into the train step. Keras 3 and Keras 2 also have different
+  `fit` loops, which shows in the plain fine-tuning times of the two tools.
+- Numerics. Keras 3 and Keras 2 build different graphs for the same layers (reduction order),
+  so even plain fine-tuning differs in the last digits between the two tools."""
 TOOL_NAMES = {"keras_prune": "keras-prune", "tfmot": "tfmot"}
 
 
@@ -138,14 +162,18 @@ def _loss_begins(rows: list[dict]) -> dict:
     return result
 
 
-def write_all(name: str, out: Path, budget: dict, page: Path | None) -> dict:
-    """Summarizes the cells under ``out``; writes the summary JSON, the plots and the page."""
+def write_all(name: str, out: Path, budgets: dict[str, dict], page: Path | None) -> dict:
+    """Summarizes the cells under ``out``; writes the summary JSON, the plots and the page.
+
+    ``budgets`` maps each model to its fine-tuning budget (the job settings of the harness).
+    """
     import plots
 
     summary = summarize(load_cells(out / "cells"), load_cells(out / "dense"))
-    summary.update(name=name, budget=budget, han_2015=HAN_2015,
-                   models={m: shared.MODELS[m][2] for m in summary["dense"]},
-                   schedule=shared.schedule_steps(budget))
+    models = list(summary["dense"])
+    summary.update(name=name, budget={m: budgets[m] for m in models}, han_2015=HAN_2015,
+                   models={m: shared.MODELS[m][3] for m in models},
+                   schedule={m: shared.schedule_steps(budgets[m]) for m in models})
     summary["plots"] = plots.write_plots(summary, shared.RESULTS, name)
     shared.write_json(shared.RESULTS / f"{name}.json", summary)
     text = render(summary)
@@ -166,13 +194,13 @@ def _kb(x: float | None) -> str:
 def render(summary: dict) -> str:
     """The results page in Markdown."""
     parts = [_intro(summary), _verdicts(summary), _han(summary), _loss(summary), _timing(summary),
-             _sizes(summary), _shortfalls(summary)]
+             _sizes(summary), _shortfalls(summary), MECHANISMS]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _intro(summary: dict) -> str:
-    b, m = summary["budget"], summary["machine"]
-    s = summary["schedule"]
+    m = summary["machine"]
+    b = next(iter(summary["budget"].values()))  # what all models share
     models = "\n".join(f"- `{k}`: {v}" for k, v in summary["models"].items())
     images = [f"![{k}](../benchmarks/results/{Path(v).name})" for k, v in summary.get("plots", {}).items()]
     return f"""# Results: keras-prune vs tfmot
@@ -186,10 +214,14 @@ Reproduce with:
 
 Both tools start from the same pretrained dense weights (one per model and seed, trained with
 Keras 3) and fine-tune with the same magnitude-pruning schedule: PolynomialDecay from 0 to the
-target sparsity, power {s['power']}, a mask update every {s['frequency']} steps from step 0 to step
-{s['end_step']}, then held. Same optimizer (Adam, learning rate {b['learning_rate']}), batch size
-{b['batch_size']}, {b['epochs']} epochs of {b['epoch_samples']:,} training images (a seeded random subset each
-epoch, in the same order for both tools), and seeds. Every layer's kernel is pruned to the target
+target sparsity (power 3), a mask update every {b['frequency']} steps over the first half of the
+steps, then held. Same optimizer (Adam, learning rate {b['learning_rate']}), batch size {b['batch_size']},
+epochs, training images per epoch (a seeded random subset each epoch, in the same order for both
+tools) and seeds:
+
+{_budget_table(summary)}
+
+Every layer's kernel is pruned to the target
 (per-layer ranking, tfmot's default). Sparsity 0 is plain fine-tuning with the same budget: the
 baseline for accuracy loss and training overhead. keras-prune runs on Keras
 {summary.get('versions', {}).get('keras', '')} (TensorFlow backend); tfmot {_version(summary)} runs on Keras 2 (`tf_keras`
@@ -204,6 +236,15 @@ Rules: a difference of mean accuracy within the larger seed-to-seed standard dev
 An accuracy loss counts once it exceeds that spread and 0.1 percentage point.
 
 {chr(10).join(images)}"""
+
+
+def _budget_table(summary: dict) -> str:
+    lines = ["| model | epochs | images per epoch | steps | schedule end step |", "|---|---|---|---|---|"]
+    for model, b in summary["budget"].items():
+        steps = b["epochs"] * -(-b["epoch_samples"] // b["batch_size"])
+        lines.append(f"| {model} | {b['epochs']} | {b['epoch_samples']:,} | {steps} | "
+                     f"{summary['schedule'][model]['end_step']} |")
+    return "\n".join(lines)
 
 
 def _machine_text(m: dict) -> str:
@@ -223,15 +264,17 @@ def _version(summary: dict) -> str:
 def _verdicts(summary: dict) -> str:
     lines = ["## Accuracy: keras-prune vs tfmot", "",
              "Test accuracy (%), mean over seeds, ± the seed-to-seed standard deviation.", "",
-             "| model | sparsity | seeds | keras-prune | tfmot | difference (pp) | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | sparsity | seeds | keras-prune | tfmot | difference (pp) | verdict | achieved sparsity "
+             "keras-prune / tfmot (%) |",
+             "|---|---|---|---|---|---|---|---|"]
     rows = _index(summary["rows"])
     for c in summary["comparisons"]:
         ours, theirs = rows[(c["model"], c["sparsity"], "keras_prune")], rows[(c["model"], c["sparsity"], "tfmot")]
         lines.append(f"| {c['model']} | {pct(c['sparsity'], 0)}% | {c['seeds']} | "
                      f"{pct(ours['accuracy_mean'])} ± {pct(ours['accuracy_spread'])} | "
                      f"{pct(theirs['accuracy_mean'])} ± {pct(theirs['accuracy_spread'])} | "
-                     f"{100 * c['difference']:+.2f} | {c['verdict']} |")
+                     f"{100 * c['difference']:+.2f} | {c['verdict']} | "
+                     f"{pct(ours['kernel_sparsity'], 3)} / {pct(theirs['kernel_sparsity'], 3)} |")
     counts = {v: sum(c["verdict"] == v for c in summary["comparisons"]) for v in ("better", "tie", "worse")}
     lines += ["", f"keras-prune better: {counts['better']}, tie: {counts['tie']}, worse: {counts['worse']} "
                   f"(of {len(summary['comparisons'])} model x sparsity pairs)."]

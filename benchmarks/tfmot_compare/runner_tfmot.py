@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +80,7 @@ def run_cell(job: dict, data: dict, sparsity: float, weights_out: Path) -> dict:
 
 
 def main(job_path: str) -> None:
+    warnings.filterwarnings("ignore", message=".*HDF5 file.*")  # the .h5 file is measured on purpose
     job = json.loads(Path(job_path).read_text())
     data = shared.load_data(Path(job["data_dir"]), job["model"])
     for sparsity in job["sparsities"]:
