@@ -76,7 +76,7 @@ def test_page_states_every_pair_and_each_shortfall():
     cells, dense = fake_cells()
     summary = page.summarize(cells, dense)
     budget = {"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3, "frequency": 5, "ramp": 0.5}
-    summary.update(name="fake", budget={"lenet_300_100": budget}, models={"lenet_300_100": "MLP"},
+    summary.update(name="fake", command="harness.py", budget={"lenet_300_100": budget}, models={"lenet_300_100": "MLP"},
                    schedule={"lenet_300_100": shared.schedule_steps(budget)})
     text = page.render(summary)
     assert "| lenet_300_100 | 90% | 2 | 97.50 ± 0.00 | 96.00 ± 0.00 | +1.50 | better | 90.000 / 90.000 |" in text

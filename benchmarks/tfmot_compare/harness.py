@@ -181,8 +181,11 @@ def main(argv=None) -> None:
                     complete_tfmot_cells(job)
     import page
 
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--report-only"]
+    command = " ".join([".venv/bin/python benchmarks/tfmot_compare/harness.py",
+                        *([] if "--data-dir" in given else ["--data-dir ../shared/data"]), *given])
     page.write_all(args.name, out, {model: budget(args, model) for model in shared.MODELS},
-                     page=None if (args.no_page or args.quick) else shared.REPO / "docs" / "results.md")
+                   page=None if (args.no_page or args.quick) else shared.REPO / "docs" / "results.md", command=command)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ def sizes_plot(summary: dict, path: Path) -> None:
     for ax, model in zip(axes, models):
         for tool, key, label, style in series:
             xs, values = _series(summary, model, tool, key)
-            ax.plot([100 * x for x in xs], [v / 1024 for v in values], style, marker="o", color=COLORS[tool],
-                    label=label)
+            ax.plot([100 * x for x in xs], [v / 1024 for v in values], style, marker="o" if tool == "tfmot" else ".",
+                    markersize=8 if tool == "tfmot" else 5, fillstyle="none" if tool == "tfmot" else "full",
+                    color=COLORS[tool], label=label)
         dense = [r for r in summary["rows"] if r["model"] == model and r["tool"] == "keras_prune" and r["sparsity"] == 0]
         if dense:
             ax.axhline(dense[0]["keras_bytes"] / 1024, color="gray", linestyle=":", label="dense .keras")

@@ -81,6 +81,7 @@ def run_cell(job: dict, data: dict, sparsity: float) -> dict:
     return {
         "tool": "keras_prune", "model": name, "seed": seed, "sparsity": sparsity,
         "accuracy": shared.accuracy(logits, data["y_test"]), "kernel_sparsity": shared.kernel_sparsity(kernels),
+        "negative_zeros": shared.negative_zeros(kernels),
         "epoch_seconds": timer.seconds, "epoch_cpu_seconds": timer.cpu_seconds, "machine": shared.machine(),
         "versions": {"keras": keras.__version__, "keras_prune": keras_prune.__version__}, **row,
     }

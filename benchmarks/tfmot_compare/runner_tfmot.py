@@ -73,6 +73,7 @@ def run_cell(job: dict, data: dict, sparsity: float, weights_out: Path) -> dict:
     return {
         "tool": "tfmot", "model": name, "seed": seed, "sparsity": sparsity,
         "accuracy": shared.accuracy(logits, data["y_test"]), "kernel_sparsity": shared.kernel_sparsity(kernels),
+        "negative_zeros": shared.negative_zeros(kernels),
         "epoch_seconds": timer.seconds, "epoch_cpu_seconds": timer.cpu_seconds, "machine": shared.machine(),
         "versions": {"tf_keras": keras.__version__, "tensorflow": tf.__version__,
                      "tfmot": tfmot.__version__}, **row,

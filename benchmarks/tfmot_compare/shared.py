@@ -113,6 +113,11 @@ def kernel_sparsity(kernels: list[np.ndarray]) -> float:
     return 1.0 - sum(int(np.count_nonzero(k)) for k in kernels) / total
 
 
+def negative_zeros(kernels: list[np.ndarray]) -> int:
+    """Zeros stored as -0.0 (a weight times a 0 mask): they spoil gzip's runs of zero bytes."""
+    return sum(int(np.count_nonzero((k == 0) & np.signbit(k))) for k in kernels)
+
+
 def timer_callback(keras):
     """A callback class (for the given ``keras``) recording wall and CPU seconds per epoch."""
 
