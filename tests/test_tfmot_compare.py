@@ -88,7 +88,21 @@ def test_page_states_every_pair_and_each_shortfall():
     # CPU overhead at 50%: keras-prune 1.10x, tfmot 1.25x (not listed); at 95%: 1.20x vs 1.00x (listed).
     assert "Training overhead (CPU), lenet_300_100 at 50%" not in text
     assert "- Training overhead (CPU), lenet_300_100 at 95%: 1.20x vs tfmot's 1.00x." in text
-    assert "| lenet_300_100 | 1.64 | 1.59 | 1.90 | 2.00 | - | - | 6.00 | 5.00 |" in text
+    assert "| lenet_300_100 | 1.64 | 1.59 | 1.90 | 2.00 | 95% (20x) | 6.00 | 5.00 | - |" in text
+    assert "global ranking (vs tfmot)" not in text
+
+
+def test_global_ranking_is_compared_to_tfmot_against_keras_prunes_plain_baseline():
+    cells, dense = fake_cells()
+    cells += [cell("keras_prune_global", 0.95, seed, 0.970, seconds=1.2) for seed in (0, 1)]
+    summary = page.summarize(cells, dense)
+    at_95 = next(c for c in summary["comparisons"] if c["sparsity"] == 0.95)
+    assert at_95["verdict"] == "worse" and at_95["global_verdict"] == "better"
+    assert at_95["global_difference"] == pytest.approx(0.02)
+    losses = summary["loss_begins"]["lenet_300_100"]["keras_prune_global"]
+    assert losses["baseline"] == pytest.approx(0.98) and losses["losses"][0.95]["loss"] == pytest.approx(0.01)
+    row = page._index(summary["rows"])[("lenet_300_100", 0.95, "keras_prune_global")]
+    assert row["overhead_seconds"] == pytest.approx(1.2)
 
 
 def test_data_order_is_shared_and_seeded():

@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", choices=list(shared.MODELS), default=list(shared.MODELS))
     parser.add_argument("--sparsities", nargs="+", type=float, help=f"default: {list(shared.SPARSITIES)}")
     parser.add_argument("--seeds", nargs="+", type=int, help=f"default: {list(shared.SEEDS)}")
-    parser.add_argument("--tools", nargs="+", choices=shared.TOOLS, default=list(shared.TOOLS))
+    parser.add_argument("--tools", nargs="+", choices=shared.TOOLS + shared.EXTRA_TOOLS, default=list(shared.TOOLS),
+                        help="keras_prune_global: keras-prune with one ranking across layers (not in tfmot)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs; the first is not timed (default: 4)")
     parser.add_argument("--epoch-samples", type=int,
                         help="training images per epoch (default: 60000 for the MLP, 15000 for the CNNs)")
@@ -127,8 +128,8 @@ def run_job(job: dict, tool: str, tfmot_python: Path | None) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(job, f)
     try:
-        if tool == "keras_prune":
-            run([sys.executable, str(shared.HERE / "runner_keras_prune.py"), f.name])
+        if tool.startswith("keras_prune"):
+            run([sys.executable, str(shared.HERE / "runner_keras_prune.py"), f.name, tool])
         else:
             run([str(tfmot_python), str(shared.HERE / "runner_tfmot.py"), f.name], {"TF_USE_LEGACY_KERAS": "1"})
     finally:

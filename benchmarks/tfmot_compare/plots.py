@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-COLORS = {"keras_prune": "tab:blue", "tfmot": "tab:orange"}
-LABELS = {"keras_prune": "keras-prune", "tfmot": "tfmot"}
+COLORS = {"keras_prune": "tab:blue", "tfmot": "tab:orange", "keras_prune_global": "tab:green"}
+LABELS = {"keras_prune": "keras-prune", "tfmot": "tfmot", "keras_prune_global": "keras-prune, global ranking"}
 
 
 def _series(summary: dict, model: str, tool: str, key: str) -> tuple[list[float], list[float]]:
@@ -34,8 +34,10 @@ def accuracy_plot(summary: dict, path: Path) -> None:
     for ax, model in zip(axes, models):
         all_s = sorted({r["sparsity"] for r in summary["rows"] if r["model"] == model and r["sparsity"] > 0})
         pos = _positions(all_s)
-        for shift, tool in ((-0.08, "keras_prune"), (0.08, "tfmot")):
+        for shift, tool in ((-0.08, "keras_prune"), (0.08, "tfmot"), (0.0, "keras_prune_global")):
             xs, means = _series(summary, model, tool, "accuracy_mean")
+            if not xs:
+                continue
             _, spreads = _series(summary, model, tool, "accuracy_spread")
             ax.errorbar([pos[x] + shift for x in xs], [100 * m for m in means], yerr=[100 * s for s in spreads],
                         marker="o", capsize=3, color=COLORS[tool], label=LABELS[tool])

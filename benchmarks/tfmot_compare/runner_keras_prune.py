@@ -1,11 +1,13 @@
 """Runs one job of the comparison with keras-prune (Keras 3), or pretrains the dense model.
 
 Usage (the harness calls it; by hand only to debug):
-    .venv/bin/python benchmarks/tfmot_compare/runner_keras_prune.py JOB.json
+    .venv/bin/python benchmarks/tfmot_compare/runner_keras_prune.py JOB.json [keras_prune_global]
 
 The job file says the model, the seed, the sparsities (0 = plain fine-tuning, no pruning) and
 the training budget. Each finished cell is written at once as JSON; cells already written are
 skipped. With ``"pretrain": true`` it trains the dense model instead and saves its weights.
+The tool ``keras_prune_global`` ranks all kernels together (``scope="global"``); its plain
+fine-tuning would repeat keras_prune's, so it skips sparsity 0.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def sizes(model, folder: Path) -> dict:
     return row
 
 
-def run_cell(job: dict, data: dict, sparsity: float) -> dict:
+def run_cell(job: dict, data: dict, sparsity: float, tool: str) -> dict:
     name, seed = job["model"], job["seed"]
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
@@ -68,7 +70,8 @@ def run_cell(job: dict, data: dict, sparsity: float) -> dict:
     callbacks = []
     if sparsity > 0:
         schedule = keras_prune.PolynomialDecay(final_sparsity=sparsity, **shared.schedule_steps(job))
-        model = keras_prune.prune_low_magnitude(model, pruning_schedule=schedule)
+        scope = "global" if tool == "keras_prune_global" else "layer"
+        model = keras_prune.prune_low_magnitude(model, pruning_schedule=schedule, scope=scope)
         callbacks = [keras_prune.UpdatePruningStep()]
     compile_model(model, job["learning_rate"])
     timer = shared.timer_callback(keras)
@@ -79,7 +82,7 @@ def run_cell(job: dict, data: dict, sparsity: float) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         row = sizes(final, Path(folder))
     return {
-        "tool": "keras_prune", "model": name, "seed": seed, "sparsity": sparsity,
+        "tool": tool, "model": name, "seed": seed, "sparsity": sparsity,
         "accuracy": shared.accuracy(logits, data["y_test"]), "kernel_sparsity": shared.kernel_sparsity(kernels),
         "negative_zeros": shared.negative_zeros(kernels),
         "epoch_seconds": timer.seconds, "epoch_cpu_seconds": timer.cpu_seconds, "machine": shared.machine(),
@@ -87,7 +90,7 @@ def run_cell(job: dict, data: dict, sparsity: float) -> dict:
     }
 
 
-def main(job_path: str) -> None:
+def main(job_path: str, tool: str = "keras_prune") -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)  # the .h5 file is measured on purpose
     job = json.loads(Path(job_path).read_text())
     data = shared.load_data(Path(job["data_dir"]), job["model"])
@@ -95,14 +98,14 @@ def main(job_path: str) -> None:
         pretrain(job, data)
         return
     for sparsity in job["sparsities"]:
-        out = Path(job["cells_dir"]) / f"{shared.cell_name(job['model'], sparsity, job['seed'], 'keras_prune')}.json"
-        if out.exists():
+        out = Path(job["cells_dir"]) / f"{shared.cell_name(job['model'], sparsity, job['seed'], tool)}.json"
+        if out.exists() or (sparsity == 0 and tool != "keras_prune"):
             continue
-        cell = run_cell(job, data, sparsity)
+        cell = run_cell(job, data, sparsity, tool)
         shared.write_json(out, {**cell, "budget": job["budget"]})
-        print(f"keras_prune {out.stem}: accuracy {cell['accuracy']:.4f}, "
+        print(f"{tool} {out.stem}: accuracy {cell['accuracy']:.4f}, "
               f"epoch {np.median(cell['epoch_seconds'][1:]):.2f} s", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

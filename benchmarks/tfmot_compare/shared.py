@@ -24,6 +24,9 @@ RESULTS = REPO / "benchmarks" / "results"
 SPARSITIES = (0.5, 0.75, 0.9, 0.92, 0.95, 0.98)
 SEEDS = (0, 1, 2)
 TOOLS = ("keras_prune", "tfmot")
+# keras-prune with one magnitude ranking across all layers (tfmot has no such option): not part
+# of the like-for-like comparison, run on request to show what the allocation is worth.
+EXTRA_TOOLS = ("keras_prune_global",)
 
 # name -> dataset, pretraining epochs (full passes), fine-tuning images per epoch, description.
 # The CNNs cost about 10x more per image than the MLP on CPU: they fine-tune on a quarter of
