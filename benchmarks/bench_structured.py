@@ -41,6 +41,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--train-size", type=int, default=None, help="training images (20000)")
     parser.add_argument("--repeats", type=int, default=None, help="latency rounds (40)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-only", action="store_true",
+                        help="no data or training: time dense vs shrunk architectures only "
+                             "(latency does not depend on the weights' values)")
     parser.add_argument("--tag", default="", help="suffix for the result files (structured_TAG)")
     return parser.parse_args()
 
@@ -145,6 +148,28 @@ def run_model(name, build, data, args, settings) -> dict:
     return result
 
 
+def latency_only(args, settings) -> dict:
+    """Dense vs shrunk latency of freshly initialized models: many rounds, no training."""
+    import keras
+
+    from keras_prune.analysis.flops import total_flops
+    from keras_prune.analysis.latency import compare_latency
+    from keras_prune.structured import prune_channels
+
+    results = {}
+    for name, build in (("resnet", resnet_style), ("mobilenet", mobilenet_style)):
+        dense = build(keras)
+        shrunk = prune_channels(dense, args.ratio, round_to=args.round_to)
+        row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)}}
+        for batch in (1, 32):
+            ms = compare_latency([dense, shrunk], batch, repeats=settings["repeats"])
+            row[f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1], "speedup": ms[0] / ms[1]}
+        results[name] = row
+        print(f"{name}: batch 1 {row['batch1']['speedup']:.2f}x, "
+              f"batch 32 {row['batch32']['speedup']:.2f}x", flush=True)
+    return results
+
+
 def table(results: dict) -> str:
     rows = ["| model | params | MFLOPs | top-1 | batch 1 ms | batch 32 ms |",
             "|---|---|---|---|---|---|"]
@@ -201,6 +226,17 @@ def main() -> None:
         "train_size": args.train_size or (2000 if args.quick else 20000),
         "repeats": args.repeats or (10 if args.quick else 40),
     }
+    if args.latency_only:
+        settings["repeats"] = args.repeats or 200
+        out = RESULTS / f"structured_latency{'_' + args.tag if args.tag else ''}.json"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        payload = {"settings": {"repeats": settings["repeats"], "ratio": args.ratio,
+                                "round_to": args.round_to, "cpus": os.cpu_count(),
+                                "os_load_average": os.getloadavg()},
+                   "results": latency_only(args, settings)}
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"wrote {out}")
+        return
     raw = load_cifar10(Path(args.data_dir) / "cifar10-jpg" / "CIFAR-10-images.tar")
     rng = np.random.default_rng(args.seed)
     pick = rng.permutation(len(raw["x_train"]))[: settings["train_size"]]
