@@ -73,8 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--sparsities must be in (0, 1). Received: {args.sparsities}")
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch is not timed). Received: {args.epochs}")
-    if not (args.data_dir / "mnist").is_dir():
-        parser.error(f"--data-dir {args.data_dir} has no mnist/ folder; pass the folder holding the datasets.")
+    for folder in sorted({shared.MODELS[m][0] for m in args.models}):
+        if not (args.data_dir / folder).is_dir():
+            parser.error(f"--data-dir {args.data_dir} has no {folder}/ folder; pass the folder holding the datasets.")
     return args
 
 

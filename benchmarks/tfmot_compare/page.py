@@ -190,7 +190,9 @@ def write_all(name: str, out: Path, budgets: dict[str, dict], page: Path | None,
     text = render(summary)
     print(text)
     if page is not None:
-        page.write_text(text)
+        tmp = page.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.replace(page)
     return summary
 
 
@@ -300,7 +302,9 @@ def _verdicts(summary: dict) -> str:
     if has_global:
         lines += ["", "Global ranking is a keras-prune option tfmot lacks (`prune_low_magnitude(..., scope=\"global\")`): "
                       "one magnitude ranking across all layers, so small layers such as the 10-way output keep more "
-                      "weights, as in Han et al. It is not part of the like-for-like verdict."]
+                      "weights, as in Han et al. It is not part of the like-for-like verdict; the harness runs it "
+                      "with `--tools keras_prune_global` (here: "
+                      f"{', '.join(sorted({r['model'] for r in summary['rows'] if r['tool'] == 'keras_prune_global'}))})."]
     return "\n".join(lines)
 
 
@@ -339,7 +343,7 @@ def _loss(summary: dict) -> str:
             cells = [f"{100 * info['losses'][s]['loss']:+.2f}" if s in info["losses"] else "-" for s in sparsities]
             first = info["first_loss_at"]
             lines.append(f"| {model} | {TOOL_NAMES[tool]} | " + " | ".join(cells) +
-                         f" | {'no loss up to the highest sparsity' if first is None else pct(first, 0) + '%'} |")
+                         f" | {f'none up to {pct(max(info["losses"]), 0)}%' if first is None else pct(first, 0) + '%'} |")
     return "\n".join(lines)
 
 

@@ -83,6 +83,7 @@ def sizes_plot(summary: dict, path: Path) -> None:
     for ax, model in zip(axes, models):
         for tool, key, label, style in series:
             xs, values = _series(summary, model, tool, key)
+            xs, values = [x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None]
             ax.plot([100 * x for x in xs], [v / 1024 for v in values], style, marker="o" if tool == "tfmot" else ".",
                     markersize=8 if tool == "tfmot" else 5, fillstyle="none" if tool == "tfmot" else "full",
                     color=COLORS[tool], label=label)
