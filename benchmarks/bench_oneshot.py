@@ -8,7 +8,7 @@ validation), then measures test accuracy (10,000 images):
 * gradual pruning (`prune_low_magnitude` + `PolynomialDecay`, then `strip_pruning`) at 90/95/98%.
 
 Writes results/oneshot_mnist.json and results/oneshot_mnist.png (accuracy vs sparsity) and
-prints the table. About 10-20 minutes on 2 CPU cores with the defaults.
+prints the table. About 40 minutes on 2 shared CPU cores with the defaults; --quick smoke-tests.
 """
 
 from __future__ import annotations
