@@ -218,6 +218,17 @@ def test_custom_layer_without_declaration_is_refused_and_model_untouched():
     assert not collect_wrappers(subclassed)
 
 
+def test_policy_can_exclude_an_undeclared_custom_layer():
+    class SkipScale(kp.PruningPolicy):
+        def allow_pruning(self, layer):
+            return not isinstance(layer, Scale)
+
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, L.Dense(3, name="d")(Scale(name="s")(inputs)))
+    pruned = kp.prune_low_magnitude(model, pruning_policy=SkipScale())
+    assert [w.layer.name for w in collect_wrappers(pruned)] == ["d"]
+
+
 def test_prunable_layer_declares_its_weights():
     inputs = keras.Input((16,))
     model = keras.Model(inputs, PrunableScale(name="scale")(inputs))

@@ -44,10 +44,11 @@ def _is_clonable(model: keras.Model) -> bool:
 def _wants_pruning(layer, policy: PruningPolicy | None) -> bool:
     if isinstance(layer, PruneLowMagnitude):
         check_layer(layer)  # raises: pruning an already pruned model
-    if isinstance(layer, keras.Model) or isinstance(layer, keras.layers.InputLayer):
+    if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
         return False
-    weights = registry.prunable_weights(layer) if layer.built else registry.has_rule(layer)
-    return bool(weights) and (policy is None or policy.allow_pruning(layer))
+    if policy is not None and not policy.allow_pruning(layer):
+        return False  # before the registry, so an excluded custom layer needs no declaration
+    return bool(registry.prunable_weights(layer) if layer.built else registry.has_rule(layer))
 
 
 def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
