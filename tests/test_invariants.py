@@ -96,24 +96,22 @@ def test_global_scope_ranks_all_weights_together():
     assert per_layer[0] != pytest.approx(per_layer[1])  # not the same 70% in each tensor
 
 
-def test_two_four_pattern_holds_through_training():
+def _first_kernel_after_training(**pattern):
     x, y = dense_data()
-    pruned = compile_classifier(
-        kp.prune_low_magnitude(mlp(), kp.ConstantSparsity(0.5, 0, frequency=3), sparsity_m_by_n=(2, 4))
-    )
+    schedule = kp.ConstantSparsity(0.5, 0, frequency=3)
+    pruned = compile_classifier(kp.prune_low_magnitude(mlp(), schedule, **pattern))
     pruned.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[kp.UpdatePruningStep()])
-    kernel = keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel)  # (16, 24)
+    return keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel)  # (16, 24)
+
+
+def test_two_four_pattern_holds_through_training():
+    kernel = _first_kernel_after_training(sparsity_m_by_n=(2, 4))
     groups = (kernel != 0).T.reshape(-1, 4)
     assert (groups.sum(axis=1) <= 2).all()
 
 
 def test_block_sparsity_holds_through_training():
-    x, y = dense_data()
-    pruned = compile_classifier(
-        kp.prune_low_magnitude(mlp(), kp.ConstantSparsity(0.5, 0, frequency=3), block_size=(4, 4))
-    )
-    pruned.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[kp.UpdatePruningStep()])
-    kernel = keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel)  # (16, 24)
+    kernel = _first_kernel_after_training(block_size=(4, 4))
     blocks = (kernel != 0).reshape(4, 4, 6, 4).transpose(0, 2, 1, 3).reshape(24, 16)
     assert all(b.all() or not b.any() for b in blocks)
     assert int((~blocks.any(axis=1)).sum()) == 12
