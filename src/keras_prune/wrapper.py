@@ -7,7 +7,7 @@ the variables themselves, so no masking is needed on the hot path.
 How the zeros are kept:
 
 * On the TensorFlow and PyTorch backends, each prunable variable gets a constraint that
-  multiplies it by its mask. Keras optimizers apply variable constraints right after every
+  zeroes it where its mask is 0. Keras optimizers apply variable constraints right after every
   update, so pruned positions are 0.0 after each step, for every optimizer (momentum, Adam,
   AdamW's decoupled weight decay, ...), inside the compiled train step and at no extra pass.
 * On JAX, the compiled train step cannot read a mask that changes between steps from a
@@ -35,9 +35,11 @@ def keep_masked(weight, mask):
     return keras.ops.where(keras.ops.greater(mask, 0.5), weight, keras.ops.zeros_like(weight))
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
 class MaskConstraint(keras.constraints.Constraint):
-    """Multiplies a variable by its mask after each optimizer update (then any own constraint)."""
+    """Zeroes a variable's pruned positions after each optimizer update (after its own constraint).
+
+    Runtime state only: the wrapper re-attaches it on build, so it is never serialized.
+    """
 
     def __init__(self, mask, inner=None):
         self.mask = mask
