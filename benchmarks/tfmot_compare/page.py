@@ -342,7 +342,8 @@ def _loss(summary: dict) -> str:
         for tool, info in tools.items():
             cells = [f"{100 * info['losses'][s]['loss']:+.2f}" if s in info["losses"] else "-" for s in sparsities]
             first = info["first_loss_at"]
-            onset = f"none up to {pct(max(info['losses']), 0)}%" if first is None else f"{pct(first, 0)}%"
+            onset = f"{pct(first, 0)}%" if first is not None else (
+                f"none up to {pct(max(info['losses']), 0)}%" if info["losses"] else "-")
             lines.append(f"| {model} | {TOOL_NAMES[tool]} | " + " | ".join(cells) +
                          f" | {onset} |")
     return "\n".join(lines)
