@@ -55,6 +55,13 @@ def test_one_seed_has_no_spread_so_any_difference_decides():
     assert summary["comparisons"][0]["verdict"] == "better"
 
 
+def test_tools_are_compared_on_the_seeds_both_ran():
+    cells = [cell("keras_prune", 0.5, 0, 0.97), cell("keras_prune", 0.5, 1, 0.99), cell("tfmot", 0.5, 0, 0.98)]
+    comparison = page.summarize(cells, [])["comparisons"][0]
+    assert comparison["seeds"] == 1
+    assert comparison["keras_prune"] == pytest.approx(0.97) and comparison["verdict"] == "worse"
+
+
 def test_overhead_is_relative_to_the_same_tools_plain_run_of_the_same_seed():
     rows = page._index(page.summarize(*fake_cells())["rows"])
     assert rows[("lenet_300_100", 0.5, "keras_prune")]["overhead_seconds"] == pytest.approx(1.1)

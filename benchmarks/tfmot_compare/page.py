@@ -100,7 +100,7 @@ def _row(key: tuple, group: list[dict], plain: dict) -> dict:
     accuracies = [c["accuracy"] for c in group]
     row = {"model": model, "sparsity": sparsity, "tool": tool, "seeds": sorted(c["seed"] for c in group),
            "accuracy_mean": statistics.fmean(accuracies), "accuracy_spread": _spread(accuracies),
-           "accuracies": accuracies,
+           "accuracy_by_seed": {c["seed"]: c["accuracy"] for c in group},
            "kernel_sparsity": statistics.fmean(c["kernel_sparsity"] for c in group),
            "epoch_seconds": statistics.median(_median_kept(c["epoch_seconds"]) for c in group),
            "epoch_cpu_seconds": statistics.median(_median_kept(c["epoch_cpu_seconds"]) for c in group)}
@@ -138,14 +138,20 @@ def _comparisons(rows: list[dict]) -> list[dict]:
         theirs = index.get((model, sparsity, "tfmot"))
         if tool != "keras_prune" or theirs is None:
             continue
-        diff = ours["accuracy_mean"] - theirs["accuracy_mean"]
-        spread = max(ours["accuracy_spread"], theirs["accuracy_spread"])
+        seeds = sorted(set(ours["accuracy_by_seed"]) & set(theirs["accuracy_by_seed"]))
+        if not seeds:
+            continue
+        a = [ours["accuracy_by_seed"][s] for s in seeds]  # only seeds both tools ran: a paired comparison
+        b = [theirs["accuracy_by_seed"][s] for s in seeds]
+        diff = statistics.fmean(a) - statistics.fmean(b)
+        spread = max(_spread(a), _spread(b))
         verdict = "tie" if abs(diff) <= spread else ("better" if diff > 0 else "worse")
         time_ratio = ours["epoch_seconds"] / theirs["epoch_seconds"]
         cpu_ratio = ours["epoch_cpu_seconds"] / theirs["epoch_cpu_seconds"]
-        result.append({"model": model, "sparsity": sparsity, "keras_prune": ours["accuracy_mean"],
-                       "tfmot": theirs["accuracy_mean"], "difference": diff, "spread": spread,
-                       "verdict": verdict, "seeds": min(len(ours["seeds"]), len(theirs["seeds"])),
+        result.append({"model": model, "sparsity": sparsity, "keras_prune": statistics.fmean(a),
+                       "tfmot": statistics.fmean(b), "difference": diff, "spread": spread,
+                       "keras_prune_spread": _spread(a), "tfmot_spread": _spread(b),
+                       "verdict": verdict, "seeds": len(seeds),
                        "epoch_time_ratio": time_ratio, "epoch_cpu_ratio": cpu_ratio})
         extra = index.get((model, sparsity, "keras_prune_global"))
         if extra is not None:
@@ -298,7 +304,7 @@ def _version(summary: dict) -> str:
 
 def _verdicts(summary: dict) -> str:
     lines = ["## Accuracy: keras-prune vs tfmot", "",
-             "Test accuracy (%), mean over seeds, ± the seed-to-seed standard deviation.", "",
+             "Test accuracy (%), mean over the seeds both tools ran, ± the seed-to-seed standard deviation.", "",
              "| model | sparsity | seeds | keras-prune | tfmot | difference (pp) | verdict | achieved sparsity "
              "keras-prune / tfmot (%) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -310,8 +316,8 @@ def _verdicts(summary: dict) -> str:
     for c in summary["comparisons"]:
         ours, theirs = rows[(c["model"], c["sparsity"], "keras_prune")], rows[(c["model"], c["sparsity"], "tfmot")]
         lines.append(f"| {c['model']} | {pct(c['sparsity'], 0)}% | {c['seeds']} | "
-                     f"{pct(ours['accuracy_mean'])} ± {pct(ours['accuracy_spread'])} | "
-                     f"{pct(theirs['accuracy_mean'])} ± {pct(theirs['accuracy_spread'])} | "
+                     f"{pct(c['keras_prune'])} ± {pct(c['keras_prune_spread'])} | "
+                     f"{pct(c['tfmot'])} ± {pct(c['tfmot_spread'])} | "
                      f"{100 * c['difference']:+.2f} | {c['verdict']} | "
                      f"{pct(ours['kernel_sparsity'], 3)} / {pct(theirs['kernel_sparsity'], 3)} |")
         if has_global:
