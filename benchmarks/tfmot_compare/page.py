@@ -191,9 +191,12 @@ def _loss_begins(rows: list[dict]) -> dict:
             continue
         losses = {}
         for (m, s, t), row in sorted(index.items()):
-            if m == model and t == tool and s > 0:
-                tolerance = max(MIN_LOSS, base["accuracy_spread"], row["accuracy_spread"])
-                losses[s] = {"loss": base["accuracy_mean"] - row["accuracy_mean"], "tolerance": tolerance}
+            seeds = sorted(set(base["accuracy_by_seed"]) & set(row["accuracy_by_seed"]))
+            if m == model and t == tool and s > 0 and seeds:  # paired: the seeds both runs have
+                before = [base["accuracy_by_seed"][seed] for seed in seeds]
+                after = [row["accuracy_by_seed"][seed] for seed in seeds]
+                tolerance = max(MIN_LOSS, _spread(before), _spread(after))
+                losses[s] = {"loss": statistics.fmean(before) - statistics.fmean(after), "tolerance": tolerance}
         first = next((s for s, v in sorted(losses.items()) if v["loss"] > v["tolerance"]), None)
         result.setdefault(model, {})[tool] = {"baseline": base["accuracy_mean"], "losses": losses,
                                               "first_loss_at": first}
