@@ -40,6 +40,15 @@ def fake_cells():
     return cells, dense
 
 
+def rendered_summary(cells, dense):
+    """The summary as `write_all` completes it, without plots or files."""
+    summary = page.summarize(cells, dense)
+    budget = {"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3, "frequency": 5, "ramp": 0.5}
+    summary.update(name="fake", command="harness.py", budget={"lenet_300_100": budget}, models={"lenet_300_100": "MLP"},
+                   schedule={"lenet_300_100": shared.schedule_steps(budget)})
+    return summary
+
+
 def test_verdicts_use_the_seed_spread():
     summary = page.summarize(*fake_cells())
     verdicts = {c["sparsity"]: c["verdict"] for c in summary["comparisons"]}
@@ -49,17 +58,19 @@ def test_verdicts_use_the_seed_spread():
     assert at_half["difference"] == pytest.approx(-0.001)
 
 
-def test_one_seed_has_no_spread_so_any_difference_decides():
-    cells = [cell("keras_prune", 0.5, 0, 0.9801), cell("tfmot", 0.5, 0, 0.9800)]
-    summary = page.summarize(cells, [])
-    assert summary["comparisons"][0]["verdict"] == "better"
+def test_one_seed_has_no_spread_so_it_is_not_judged():
+    cells = [cell("keras_prune", 0.5, 0, 0.9701), cell("tfmot", 0.5, 0, 0.9800)]
+    summary = rendered_summary(cells, [])
+    assert summary["comparisons"][0]["verdict"] == "one seed"
+    assert "- Lower accuracy on a single seed (not judged: no spread to compare with): lenet_300_100 at 50% (-0.99 pp)." \
+        in page.render(summary)
 
 
 def test_tools_are_compared_on_the_seeds_both_ran():
     cells = [cell("keras_prune", 0.5, 0, 0.97), cell("keras_prune", 0.5, 1, 0.99), cell("tfmot", 0.5, 0, 0.98)]
     comparison = page.summarize(cells, [])["comparisons"][0]
     assert comparison["seeds"] == 1
-    assert comparison["keras_prune"] == pytest.approx(0.97) and comparison["verdict"] == "worse"
+    assert comparison["keras_prune"] == pytest.approx(0.97) and comparison["difference"] == pytest.approx(-0.01)
 
 
 def test_overhead_is_relative_to_the_same_tools_plain_run_of_the_same_seed():
@@ -92,15 +103,11 @@ def test_loss_begins_at_the_first_sparsity_beyond_tolerance():
 
 
 def test_page_states_every_pair_and_each_shortfall():
-    cells, dense = fake_cells()
-    summary = page.summarize(cells, dense)
-    budget = {"epochs": 3, "epoch_samples": 100, "batch_size": 8, "learning_rate": 1e-3, "frequency": 5, "ramp": 0.5}
-    summary.update(name="fake", command="harness.py", budget={"lenet_300_100": budget}, models={"lenet_300_100": "MLP"},
-                   schedule={"lenet_300_100": shared.schedule_steps(budget)})
+    summary = rendered_summary(*fake_cells())
     text = page.render(summary)
     assert "| lenet_300_100 | 90% | 2 | 97.50 ± 0.00 | 96.00 ± 0.00 | +1.50 | better | 90.000 / 90.000 |" in text
     assert "| lenet_300_100 | 95% | 2 | 94.00 ± 0.00 | 95.00 ± 0.00 | -1.00 | worse | 95.000 / 95.000 |" in text
-    assert "keras-prune better: 1, tie: 2, worse: 1" in text
+    assert "keras-prune better: 1, tie: 2, worse: 1, not judged (one seed): 0" in text
     assert "ranged from 1.0 to 2.0." in text
     assert "| lenet_300_100 | 3 | 100 | 39 | 15 |" in text  # 13 steps per epoch; half of 39 -> 15
     assert "- Accuracy, lenet_300_100 at 95%: 94.00% vs tfmot's 95.00%" in text

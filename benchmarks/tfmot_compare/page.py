@@ -132,6 +132,13 @@ def _index(rows: list[dict]) -> dict:
     return {(r["model"], r["sparsity"], r["tool"]): r for r in rows}
 
 
+def _verdict(difference: float, spread: float, seeds: int) -> str:
+    """"tie" within the seed spread; with one seed there is no spread to judge by."""
+    if seeds < 2:
+        return "one seed"
+    return "tie" if abs(difference) <= spread else ("better" if difference > 0 else "worse")
+
+
 def _comparisons(rows: list[dict]) -> list[dict]:
     index, result = _index(rows), []
     for (model, sparsity, tool), ours in index.items():
@@ -145,7 +152,7 @@ def _comparisons(rows: list[dict]) -> list[dict]:
         b = [theirs["accuracy_by_seed"][s] for s in seeds]
         diff = statistics.fmean(a) - statistics.fmean(b)
         spread = max(_spread(a), _spread(b))
-        verdict = "tie" if abs(diff) <= spread else ("better" if diff > 0 else "worse")
+        verdict = _verdict(diff, spread, len(seeds))
         time_ratio = ours["epoch_seconds"] / theirs["epoch_seconds"]
         cpu_ratio = ours["epoch_cpu_seconds"] / theirs["epoch_cpu_seconds"]
         result.append({"model": model, "sparsity": sparsity, "keras_prune": statistics.fmean(a),
@@ -157,8 +164,9 @@ def _comparisons(rows: list[dict]) -> list[dict]:
         if extra is not None:
             diff = extra["accuracy_mean"] - theirs["accuracy_mean"]
             spread = max(extra["accuracy_spread"], theirs["accuracy_spread"])
+            seeds = min(len(extra["seeds"]), len(theirs["seeds"]))
             result[-1].update(keras_prune_global=extra["accuracy_mean"], global_difference=diff,
-                              global_verdict="tie" if abs(diff) <= spread else ("better" if diff > 0 else "worse"))
+                              global_verdict=_verdict(diff, spread, seeds))
     return result
 
 
@@ -327,9 +335,9 @@ def _verdicts(summary: dict) -> str:
             extra = rows.get((c["model"], c["sparsity"], "keras_prune_global"))
             lines[-1] += (" - |" if extra is None else f" {pct(extra['accuracy_mean'])} ± {pct(extra['accuracy_spread'])}"
                                                         f" ({c['global_verdict']}) |")
-    counts = {v: sum(c["verdict"] == v for c in summary["comparisons"]) for v in ("better", "tie", "worse")}
-    lines += ["", f"keras-prune better: {counts['better']}, tie: {counts['tie']}, worse: {counts['worse']} "
-                  f"(of {len(summary['comparisons'])} model x sparsity pairs)."]
+    counts = {v: sum(c["verdict"] == v for c in summary["comparisons"]) for v in ("better", "tie", "worse", "one seed")}
+    lines += ["", f"keras-prune better: {counts['better']}, tie: {counts['tie']}, worse: {counts['worse']}, "
+                  f"not judged (one seed): {counts['one seed']} (of {len(summary['comparisons'])} model x sparsity pairs)."]
     if has_global:
         lines += ["", "Global ranking is a keras-prune option tfmot lacks (`prune_low_magnitude(..., scope=\"global\")`): "
                       "one magnitude ranking across all layers, so small layers such as the 10-way output keep more "
@@ -435,9 +443,10 @@ def _sizes(summary: dict) -> str:
 def _shortfalls(summary: dict) -> str:
     """Every place where keras-prune misses a target (accuracy >= tfmot's, overhead lower), plainly."""
     worse = [c for c in summary["comparisons"] if c["verdict"] == "worse"]
+    lower = [c for c in summary["comparisons"] if c["verdict"] == "one seed" and c["difference"] < 0]
     overhead = {m: o for m, o in summary["overhead"].items() if o["keras_prune_verdict"] != "lower"}
     lines = ["## Where keras-prune is not better"]
-    if not worse and not overhead:
+    if not worse and not overhead and not lower:
         return "\n".join(lines + ["", "Nowhere in this run: every accuracy is a tie or better, and keras-prune's "
                                   "training overhead is lower than tfmot's for every model."])
     lines.append("")
@@ -445,6 +454,9 @@ def _shortfalls(summary: dict) -> str:
         lines.append(f"- Accuracy, {c['model']} at {pct(c['sparsity'], 0)}%: {pct(c['keras_prune'])}% vs "
                      f"tfmot's {pct(c['tfmot'])}% ({100 * c['difference']:+.2f} pp, seed spread {pct(c['spread'])} pp, "
                      f"{c['seeds']} seed{'s' if c['seeds'] > 1 else ''}).")
+    if lower:
+        lines.append("- Lower accuracy on a single seed (not judged: no spread to compare with): " + "; ".join(
+            f"{c['model']} at {pct(c['sparsity'], 0)}% ({100 * c['difference']:+.2f} pp)" for c in lower) + ".")
     for model, o in overhead.items():
         lines.append(f"- Training overhead (CPU time), {model}: keras-prune {o['keras_prune']['median']:.2f}x vs tfmot "
                      f"{o['tfmot']['median']:.2f}x (medians; {o['keras_prune_verdict']}: the ranges "
