@@ -22,6 +22,7 @@ def cell(tool, sparsity, seed, accuracy, seconds=1.0, cpu=2.0, model="lenet_300_
             "kernel_sparsity": sparsity, "epoch_seconds": [9.0, seconds, seconds],
             "epoch_cpu_seconds": [9.0, cpu, cpu], "keras_bytes": 1000, "keras_gzip_bytes": 900,
             "h5_bytes": 1100, "h5_gzip_bytes": 950, "sparse_bytes": 100 + seed,
+            "negative_zeros": 1234 if tool == "tfmot" else 0,
             "versions": {"tfmot": "0.8.0"} if tool == "tfmot" else {"keras": "3.x"},
             "machine": {"cpu": "cpu", "cores": 2, "system": "Linux", "python": "3.11", "load_average_1min": 1.0 + seed}}
 
@@ -109,6 +110,7 @@ def test_page_states_every_pair_and_each_shortfall():
     assert "| lenet_300_100 | 95% | 2 | 94.00 ± 0.00 | 95.00 ± 0.00 | -1.00 | worse | 95.000 / 95.000 |" in text
     assert "keras-prune better: 1, tie: 2, worse: 1, not judged (one seed): 0" in text
     assert "ranged from 1.0 to 2.0." in text
+    assert "| lenet_300_100 | 90% | 1 | 1 | 0 | 1 | 1 | 0 | 0 / 1,234 |" in text  # KiB; sparse 100.5 B median
     assert "| lenet_300_100 | 3 | 100 | 39 | 15 |" in text  # 13 steps per epoch; half of 39 -> 15
     assert "- Accuracy, lenet_300_100 at 95%: 94.00% vs tfmot's 95.00%" in text
     assert ("- Training overhead (CPU time), lenet_300_100: keras-prune 1.10x vs tfmot 1.25x (medians; within noise: "

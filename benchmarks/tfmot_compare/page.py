@@ -110,7 +110,7 @@ def _row(key: tuple, group: list[dict], plain: dict) -> dict:
                   for c in group if (base, model, c["seed"]) in plain]
         row[f"overhead_{kind}"] = statistics.median(ratios) if ratios else None
         row[f"overhead_{kind}_per_seed"] = ratios
-    for size in ("keras_bytes", "keras_gzip_bytes", "h5_bytes", "h5_gzip_bytes", "sparse_bytes"):
+    for size in ("keras_bytes", "keras_gzip_bytes", "h5_bytes", "h5_gzip_bytes", "sparse_bytes", "negative_zeros"):
         values = [c[size] for c in group if size in c]
         row[size] = statistics.median(values) if values else None
     in_keras3 = [c["accuracy_in_keras3"] for c in group if "accuracy_in_keras3" in c]
@@ -427,8 +427,9 @@ def _sizes(summary: dict) -> str:
              "KiB of the stripped model, median over seeds. keras-prune: Keras 3 `.keras`, gzip -9 of it, and "
              "`.kpsparse` (exact float32 values). tfmot: `tf_keras` `.h5`, gzip -9 of it, and the `.kpsparse` "
              "of its weights loaded into the same Keras 3 model.", "",
-             "| model | sparsity | keras-prune .keras | gzip | .kpsparse | tfmot .h5 | gzip | .kpsparse |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | sparsity | keras-prune .keras | gzip | .kpsparse | tfmot .h5 | gzip | .kpsparse | "
+             "pruned weights stored as -0.0, keras-prune / tfmot |",
+             "|---|---|---|---|---|---|---|---|---|"]
     rows = _index(summary["rows"])
     for (model, sparsity, tool), ours in rows.items():
         theirs = rows.get((model, sparsity, "tfmot"))
@@ -436,8 +437,17 @@ def _sizes(summary: dict) -> str:
             continue
         lines.append(f"| {model} | {pct(sparsity, 0)}% | {_kb(ours['keras_bytes'])} | {_kb(ours['keras_gzip_bytes'])} | "
                      f"{_kb(ours['sparse_bytes'])} | {_kb(theirs['h5_bytes'])} | {_kb(theirs['h5_gzip_bytes'])} | "
-                     f"{_kb(theirs['sparse_bytes'])} |")
+                     f"{_kb(theirs['sparse_bytes'])} | {_count(ours['negative_zeros'])} / "
+                     f"{_count(theirs['negative_zeros'])} |")
+    lines += ["", "Zeros stored as -0.0 (bytes `00 00 00 80`) break the runs of zero bytes gzip feeds on: "
+                  "tfmot zeroes a weight by multiplying it with its mask, so every pruned negative weight "
+                  "becomes -0.0. `.kpsparse` does not store pruned positions at all, so both tools' weights "
+                  "give the same size there."]
     return "\n".join(lines)
+
+
+def _count(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def _shortfalls(summary: dict) -> str:
