@@ -78,13 +78,19 @@ class UpdatePruningStep(keras.callbacks.Callback):
             wrapper.pruning_step.assign(self.step)
             wrapper.driven = True
 
+    @property
+    def async_safe(self) -> bool:
+        # Where constraints hold the zeros, the batch-end hook does nothing, so Keras may
+        # keep dispatching batch ends asynchronously instead of waiting on every batch.
+        return constraints_hold_masks()
+
     def on_train_batch_begin(self, batch, logs=None):
         if any(w.pruning_schedule.should_update(self.step) for w in self._wrappers):
             self.model  # on JAX, reading `model` syncs the train state into the variables
             update_masks(self._wrappers, self.step)
+        self.step += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
         if self._wrappers and not constraints_hold_masks():
             self.model  # sync (JAX), so the re-zeroed weights feed the next step
             self._apply_masks()

@@ -33,7 +33,7 @@ UNSTARTED = -1  # pruning_step before UpdatePruningStep has run
 def keep_masked(weight, mask):
     """``weight`` where ``mask`` is 1, else +0.0 (a product would leave -0.0, which compresses worse)."""
     weight = keras.ops.convert_to_tensor(weight)
-    return keras.ops.where(keras.ops.greater(mask, 0.5), weight, keras.ops.zeros_like(weight))
+    return keras.ops.where(keras.ops.greater(mask, 0.5), weight, keras.ops.cast(0, weight.dtype))
 
 
 class MaskConstraint(keras.constraints.Constraint):
