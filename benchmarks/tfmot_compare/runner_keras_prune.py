@@ -12,7 +12,6 @@ fine-tuning would repeat keras_prune's, so it skips sparsity 0.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import sys
@@ -51,12 +50,7 @@ def pretrain(job: dict, data: dict) -> None:
 def sizes(model, folder: Path) -> dict:
     """Bytes of the stripped model: .keras, .h5, each gzipped at level 9, and .kpsparse."""
     model = plain_copy(model)
-    row = {}
-    for ext in ("keras", "h5"):
-        path = folder / f"model.{ext}"
-        model.save(path)
-        raw = path.read_bytes()
-        row[f"{ext}_bytes"], row[f"{ext}_gzip_bytes"] = len(raw), len(gzip.compress(raw, 9, mtime=0))
+    row = shared.saved_sizes(model, folder)
     row["sparse_bytes"] = keras_prune.export_sparse(model, folder / "model.kpsparse").stat().st_size
     return row
 

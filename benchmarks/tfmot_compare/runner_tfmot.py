@@ -10,7 +10,6 @@ measures their ``.kpsparse`` size in the main environment.
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import sys
@@ -41,13 +40,7 @@ def sizes(model, folder: Path) -> dict:
     """Bytes of the stripped model: .keras and .h5 (tf_keras formats), each gzipped at level 9."""
     copy = keras.models.clone_model(model)  # uncompiled: no optimizer state in the files
     copy.set_weights(model.get_weights())
-    row = {}
-    for ext in ("keras", "h5"):
-        path = folder / f"model.{ext}"
-        copy.save(path)
-        raw = path.read_bytes()
-        row[f"{ext}_bytes"], row[f"{ext}_gzip_bytes"] = len(raw), len(gzip.compress(raw, 9, mtime=0))
-    return row
+    return shared.saved_sizes(copy, folder)
 
 
 def run_cell(job: dict, data: dict, sparsity: float, weights_out: Path) -> dict:

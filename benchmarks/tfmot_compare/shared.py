@@ -8,6 +8,7 @@ dataset reader of keras-prune (numpy-only) is loaded from its file.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -146,6 +147,17 @@ def fine_tune(model, data: dict, job: dict, seed: int, callbacks: list, timer) -
         idx = epoch_indices(seed, epoch, n, job["epoch_samples"])
         model.fit(data["x_train"][idx], data["y_train"][idx], batch_size=job["batch_size"], epochs=1,
                   shuffle=False, callbacks=callbacks + [timer], verbose=0)
+
+
+def saved_sizes(model, folder: Path) -> dict:
+    """Bytes of ``model`` saved as .keras and .h5 (in the caller's Keras), each also gzipped at level 9."""
+    row = {}
+    for ext in ("keras", "h5"):
+        path = folder / f"model.{ext}"
+        model.save(path)
+        raw = path.read_bytes()
+        row[f"{ext}_bytes"], row[f"{ext}_gzip_bytes"] = len(raw), len(gzip.compress(raw, 9, mtime=0))
+    return row
 
 
 def load_weights_npz(path: Path) -> list[np.ndarray]:
