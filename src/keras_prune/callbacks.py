@@ -7,7 +7,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_prune import masks
+from keras_prune import criteria, masks
 from keras_prune.wrapper import UNSTARTED, PruneLowMagnitude, constraints_hold_masks
 
 
@@ -34,16 +34,17 @@ def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowM
         if wrapper.scope == "global":
             global_groups[repr(wrapper.pruning_schedule)].append(wrapper)
         else:
-            scores = wrapper.scores()
+            values = wrapper.weight_values()
             sparsity = wrapper.pruning_schedule.sparsity_at(step)
-            wrapper.assign_masks(wrapper.compute_masks(sparsity, scores), scores)
+            wrapper.assign_masks(wrapper.compute_masks(sparsity, wrapper.scores(values)), values)
     for group in global_groups.values():
         sparsity = group[0].pruning_schedule.sparsity_at(step)
-        scores = [wrapper.scores() for wrapper in group]
-        keep = masks.global_sparsity_masks([s for layer in scores for s in layer], sparsity)
-        for wrapper, layer_scores in zip(group, scores):
-            count = len(layer_scores)
-            wrapper.assign_masks(keep[:count], layer_scores)
+        values = [wrapper.weight_values() for wrapper in group]
+        scores = [criteria.magnitude(v) for layer_values in values for v in layer_values]
+        keep = masks.global_sparsity_masks(scores, sparsity)
+        for wrapper, layer_values in zip(group, values):
+            count = len(layer_values)
+            wrapper.assign_masks(keep[:count], layer_values)
             keep = keep[count:]
     return due
 

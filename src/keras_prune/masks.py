@@ -38,27 +38,47 @@ def lowest_k_mask(scores: np.ndarray, k: int) -> np.ndarray:
         [True, False, False, True]
     """
     flat = np.asarray(scores).ravel()
-    keep = np.ones(flat.shape, dtype=bool)
     if k <= 0:
-        return keep.reshape(np.shape(scores))
+        return np.ones(np.shape(scores), dtype=bool)
     if k >= flat.size:
         return np.zeros(np.shape(scores), dtype=bool)
-    candidates = np.arange(flat.size)
+    kth = kth_smallest(flat, k)
+    keep = flat > kth
+    ties = np.flatnonzero(flat == kth)
+    below = flat.size - int(np.count_nonzero(keep)) - ties.size
+    keep[ties[k - below:]] = True  # prune only the first ties, in index order
+    return keep.reshape(np.shape(scores))
+
+
+def kth_smallest(flat: np.ndarray, k: int):
+    """The ``k``-th smallest value of a 1-D array (``1 <= k <= flat.size``).
+
+    Example:
+        >>> float(kth_smallest(np.array([0.0, 0.0, 3.0, 1.0]), 3))
+        1.0
+    """
     if flat.min() == 0:
         # Mid-pruning most magnitudes are exactly 0, and a partition over many equal values
-        # is ~100x slower: take the zeros first (they rank lowest), in index order.
-        zeros = np.flatnonzero(flat == 0)
-        keep[zeros[:k]] = False
-        k -= min(k, zeros.size)
-        candidates = np.flatnonzero(flat != 0)
-    if k:
-        rest = flat[candidates]
-        kth = np.partition(rest, k - 1)[k - 1]
-        below = rest < kth
-        keep[candidates[below]] = False
-        ties = candidates[rest == kth]
-        keep[ties[: k - int(below.sum())]] = False
-    return keep.reshape(np.shape(scores))
+        # is ~100x slower: the zeros rank lowest, so partition only the rest.
+        nonzero = flat != 0
+        zeros = flat.size - int(np.count_nonzero(nonzero))  # counting bools, not floats: 10x faster
+        if k <= zeros:
+            return flat.dtype.type(0)
+        flat, k = flat[nonzero], k - zeros
+    return np.partition(flat, k - 1)[k - 1]
+
+
+def zero_pruned(weights: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """``weights`` with pruned positions set to +0.0 (not -0.0, which compresses worse).
+
+    Example:
+        >>> zero_pruned(np.array([-1.0, -2.0]), np.array([True, False])).tolist()
+        [-1.0, 0.0]
+    """
+    # A product is ~15x faster than np.where on random masks; adding +0.0 turns -0.0 into +0.0.
+    zeroed = np.multiply(weights, keep, dtype=np.asarray(weights).dtype)
+    zeroed += 0
+    return zeroed
 
 
 def sparsity_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:

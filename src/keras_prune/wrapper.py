@@ -216,9 +216,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         """The largest pruned magnitude per weight at the last update (0.0 before any)."""
         return [float(keras.ops.convert_to_numpy(t)) for t in self._thresholds]
 
-    def scores(self) -> list[np.ndarray]:
-        """Magnitude importance of each prunable weight."""
-        return [criteria.magnitude(keras.ops.convert_to_numpy(w)) for w in self.prunable_weights()]
+    def weight_values(self) -> list[np.ndarray]:
+        """The current values of the prunable weights, as numpy arrays."""
+        return [keras.ops.convert_to_numpy(w) for w in self.prunable_weights()]
+
+    def scores(self, values: list[np.ndarray] | None = None) -> list[np.ndarray]:
+        """Magnitude importance of each prunable weight (of ``values`` if given)."""
+        return [criteria.magnitude(v) for v in (values if values is not None else self.weight_values())]
 
     def compute_masks(self, sparsity: float, scores: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Masks for ``sparsity`` under this wrapper's pattern, one per weight (layer scope)."""
@@ -229,12 +233,12 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             for score in (scores if scores is not None else self.scores())
         ]
 
-    def assign_masks(self, keep: list[np.ndarray], scores: list[np.ndarray] | None = None) -> None:
+    def assign_masks(self, keep: list[np.ndarray], values: list[np.ndarray] | None = None) -> None:
         """Sets the masks and zeroes the pruned weights now; the masks then hold in training.
 
         Args:
             keep: one boolean array per prunable weight, shaped like it (``True`` keeps).
-            scores: the magnitudes the masks came from, if already at hand (saves a read).
+            values: the weights' current values, if already at hand (saves a read).
         """
         weights = self.prunable_weights()
         if len(keep) != len(weights):
@@ -249,11 +253,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                     f"Mask for '{weight.path}' must have shape {tuple(weight.shape)}. "
                     f"Received: shape={k.shape}"
                 )
-        scores = scores if scores is not None else self.scores()
-        for mask, threshold, k, score in zip(self._masks, self._thresholds, keep, scores):
-            threshold.assign(criteria.pruned_threshold(score, k))
+        values = values if values is not None else self.weight_values()
+        # All in numpy, then one assign per variable: a mask update runs every `frequency`
+        # steps, and eager backend ops per tensor would cost more than the ranking itself.
+        for weight, mask, threshold, k, value in zip(weights, self._masks, self._thresholds, keep, values):
+            threshold.assign(criteria.pruned_threshold(criteria.magnitude(value), k))
             mask.assign(k.astype(mask.dtype))
-        self.apply_masks()
+            weight.assign(masks.zero_pruned(value, k))
 
     def apply_masks(self) -> None:
         """Zeroes every pruned position again (after an optimizer that may have moved it)."""
