@@ -110,3 +110,21 @@ def test_lowest_k_matches_a_stable_sort_with_many_ties_and_zeros(seed):
         expected = np.ones(scores.size, dtype=bool)
         expected[np.argsort(scores, kind="stable")[:k]] = False
         np.testing.assert_array_equal(masks.lowest_k_mask(scores, k), expected)
+
+
+@pytest.mark.parametrize("zeros", [0.0, 0.3, 0.95])
+@pytest.mark.parametrize("layout", ["random", "sorted", "few_values"])
+def test_lowest_k_on_large_arrays_matches_a_stable_sort(zeros, layout):
+    # Large enough for the sampled bracket; sorted and few-valued layouts defeat a naive sample.
+    rng = np.random.default_rng(7)
+    scores = np.abs(rng.normal(size=40_000)).astype("float32")
+    if layout == "sorted":
+        scores.sort()
+    elif layout == "few_values":
+        scores = np.round(scores * 4) / 4
+    scores[rng.random(scores.size) < zeros] = 0.0
+    order = np.argsort(scores, kind="stable")
+    for k in (1, int(zeros * scores.size) + 1, scores.size // 2, scores.size - 1):
+        expected = np.ones(scores.size, dtype=bool)
+        expected[order[:k]] = False
+        np.testing.assert_array_equal(masks.lowest_k_mask(scores, k), expected)
