@@ -114,9 +114,27 @@ def test_page_states_every_pair_and_each_shortfall():
     assert "| lenet_300_100 | 3 | 100 | 39 | 15 |" in text  # 13 steps per epoch; half of 39 -> 15
     assert "- Accuracy, lenet_300_100 at 95%: 94.00% vs tfmot's 95.00%" in text
     assert ("- Training overhead (CPU time), lenet_300_100: keras-prune 1.10x vs tfmot 1.25x (medians; within noise: "
-            "the ranges 1.10-1.20 and 1.00-1.50 overlap).") in text
+            "the ranges 1.10-1.20 and 1.00-1.50 overlap; cell timings, taken one after another).") in text
     assert "| lenet_300_100 | 1.64 | 1.59 | 1.90 | 2.00 | 95% (20x) | 6.00 | 5.00 | - |" in text
     assert "global ranking (vs tfmot)" not in text
+
+
+def test_side_by_side_overhead_gets_its_table_and_verdict():
+    summary = rendered_summary(*fake_cells())
+    assert "side by side" not in page.render(summary)  # absent until overhead.py has run
+
+    def result(keras_version, f100, f10):
+        return {"keras": keras_version, "ratios": {"f100": f100, "f10": f10},
+                "epoch_seconds": {"plain": [2.0, 3.0, 2.2]}}
+
+    summary["interleaved_overhead"] = {
+        "model": "LeNet-300-100, full MNIST", "batch_size": 128, "timed_epochs": 3, "schedule": "PolynomialDecay",
+        "results": {"keras_prune": result("3.15.1", 1.08, 1.22), "tfmot": result("2.21.0", 1.30, 1.20)}}
+    text = page.render(summary)
+    assert "| keras-prune | 3.15.1 | 1.08x | 1.22x | 2.20 |" in text
+    assert "| tfmot | 2.21.0 | 1.30x | 1.20x | 2.20 |" in text
+    assert ("keras-prune's overhead is not lower than tfmot's at every frequency: 1.08x / 1.22x vs 1.30x / 1.20x"
+            in text)
 
 
 def test_global_ranking_is_compared_to_tfmot_against_keras_prunes_plain_baseline():
