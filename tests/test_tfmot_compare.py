@@ -137,6 +137,16 @@ def test_side_by_side_overhead_gets_its_table_and_verdict():
             in text)
 
 
+def test_longer_budget_run_is_shown_against_its_own_plain_fine_tuning():
+    summary = rendered_summary(*fake_cells())
+    budget = {"epochs": 8, "epoch_samples": 60000}
+    summary["longer_budget"] = [{**cell("keras_prune", 0.0, 0, 0.9921), "budget": budget},
+                                {**cell("keras_prune_global", 0.92, 0, 0.9915), "budget": budget}]
+    text = page.render(summary)
+    assert "With a longer budget (8 epochs of 60,000 images, seed 0;" in text
+    assert "| lenet_300_100 | keras-prune, global ranking | 92% | 0.85 | 0.79 | +0.06 |" in text
+
+
 def test_global_ranking_is_compared_to_tfmot_against_keras_prunes_plain_baseline():
     cells, dense = fake_cells()
     cells += [cell("keras_prune_global", 0.95, seed, 0.970, seconds=1.2) for seed in (0, 1)]

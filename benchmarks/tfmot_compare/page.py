@@ -55,6 +55,12 @@ TOOL_NAMES = {"keras_prune": "keras-prune", "tfmot": "tfmot", "keras_prune_globa
 BASELINE_TOOL = {"keras_prune_global": "keras_prune"}  # same plain fine-tuning: not run twice
 
 
+# Results name of an optional run with more fine-tuning, for the Han et al. comparison:
+# harness.py --name han_long --models lenet5 --seeds 0 --sparsities 0.92 0.95 --epochs 8
+#            --epoch-samples 60000 --tools keras_prune keras_prune_global --no-page
+LONGER_BUDGET = "han_long"
+
+
 def load_cells(folder: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))]
 
@@ -224,6 +230,9 @@ def write_all(name: str, out: Path, budgets: dict[str, dict], page: Path | None,
     summary.update(name=name, command=command, budget={m: budgets[m] for m in models}, han_2015=HAN_2015,
                    models={m: shared.MODELS[m][3] for m in models},
                    schedule={m: shared.schedule_steps(budgets[m]) for m in models})
+    longer = shared.RESULTS / LONGER_BUDGET / "cells"
+    if longer.is_dir():
+        summary["longer_budget"] = load_cells(longer)
     interleaved = shared.RESULTS / "tfmot_overhead.json"
     if interleaved.exists():
         summary["interleaved_overhead"] = json.loads(interleaved.read_text())
@@ -376,7 +385,24 @@ def _han(summary: dict) -> str:
                   "500-weight first convolution and 8% of its 400K-weight Dense layer. The like-for-like setting "
                   "prunes every layer to the same target, which is tfmot's behaviour; global ranking gives the "
                   "small layers more weights, as Han et al. do."]
-    return "\n".join(lines)
+    return "\n".join(lines + _han_longer(summary.get("longer_budget", [])))
+
+
+def _han_longer(cells: list[dict]) -> list[str]:
+    """Error (%) of the longer fine-tuning run, one seed, against its own plain fine-tuning."""
+    plain = {c["model"]: c for c in cells if c["sparsity"] == 0}
+    pruned = [c for c in cells if c["sparsity"] > 0 and c["model"] in plain]
+    if not pruned:
+        return []
+    b = pruned[0]["budget"]
+    lines = ["", f"With a longer budget ({b['epochs']} epochs of {b['epoch_samples']:,} images, seed "
+                 f"{pruned[0]['seed']}; `{LONGER_BUDGET}` in benchmarks/results):", "",
+             "| model | tool | sparsity | error (%) | plain fine-tuned error (%) | loss (pp) |", "|---|---|---|---|---|---|"]
+    for c in sorted(pruned, key=lambda c: (c["model"], c["tool"], c["sparsity"])):
+        base = plain[c["model"]]["accuracy"]
+        lines.append(f"| {c['model']} | {TOOL_NAMES[c['tool']]} | {pct(c['sparsity'], 0)}% | "
+                     f"{100 * (1 - c['accuracy']):.2f} | {100 * (1 - base):.2f} | {100 * (base - c['accuracy']):+.2f} |")
+    return lines
 
 
 def _loss(summary: dict) -> str:
