@@ -7,7 +7,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_prune import criteria, masks
+from keras_prune import masks
 from keras_prune.wrapper import UNSTARTED, PruneLowMagnitude, constraints_hold_masks
 
 
@@ -40,7 +40,7 @@ def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowM
     for group in global_groups.values():
         sparsity = group[0].pruning_schedule.sparsity_at(step)
         values = [wrapper.weight_values() for wrapper in group]
-        scores = [criteria.magnitude(v) for layer_values in values for v in layer_values]
+        scores = [s for wrapper, layer_values in zip(group, values) for s in wrapper.scores(layer_values)]
         keep = masks.global_sparsity_masks(scores, sparsity)
         for wrapper, layer_values in zip(group, values):
             count = len(layer_values)
