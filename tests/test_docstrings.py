@@ -7,7 +7,7 @@ import pytest
 
 pytestmark = pytest.mark.core
 
-MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune"]
+MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune", "_host"]
 
 
 @pytest.mark.parametrize("name", MODULES)

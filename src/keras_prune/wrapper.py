@@ -24,7 +24,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_prune import criteria, masks, registry
+from keras_prune import _host, criteria, masks, registry
 from keras_prune._validation import check_choice
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
@@ -223,7 +223,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def weight_values(self) -> list[np.ndarray]:
         """The current values of the prunable weights, as numpy arrays."""
-        return [keras.ops.convert_to_numpy(w) for w in self.prunable_weights()]
+        return [_host.read(w) for w in self.prunable_weights()]
 
     def scores(self, values: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Magnitude importance of each prunable weight (of ``values`` if given)."""
@@ -262,9 +262,9 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         # All in numpy, then one assign per variable: a mask update runs every `frequency`
         # steps, and eager backend ops per tensor would cost more than the ranking itself.
         for weight, mask, threshold, k, value in zip(weights, self._masks, self._thresholds, keep, values):
-            threshold.assign(criteria.pruned_threshold(criteria.magnitude(value), k))
-            mask.assign(k.astype(mask.dtype))
-            weight.assign(masks.zero_pruned(value, k))
+            _host.write(threshold, criteria.pruned_threshold(criteria.magnitude(value), k))
+            _host.write(mask, k)
+            _host.write(weight, masks.zero_pruned(value, k))
 
     def apply_masks(self) -> None:
         """Zeroes every pruned position again (after an optimizer that may have moved it)."""
