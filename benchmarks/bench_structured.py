@@ -3,7 +3,8 @@
 For a small ResNet-style CNN and a MobileNet-style CNN (depthwise separable blocks): train
 dense, remove --ratio of every prunable channel group with keras_prune.structured.
 prune_channels, fine-tune, then report parameters, FLOPs, test accuracy and median CPU
-inference latency at batch 1 and 32 (TensorFlow, measured interleaved in this process).
+inference latency at batch 1 and 32, measured interleaved in this process in two runtimes:
+TensorFlow (a compiled tf.function) and LiteRT's interpreter (the models converted to LiteRT).
 
     .venv/bin/python benchmarks/bench_structured.py --quick   # smoke run, ~2 minutes
     .venv/bin/python benchmarks/bench_structured.py           # full run: ~40 min on 2 cores
@@ -114,7 +115,6 @@ def run_model(name, build, data, args, settings) -> dict:
     import keras
 
     from keras_prune.analysis.flops import total_flops
-    from keras_prune.analysis.latency import compare_latency
     from keras_prune.structured import plan_channels
     from keras_prune.structured.surgery import apply_plan
 
@@ -129,18 +129,13 @@ def run_model(name, build, data, args, settings) -> dict:
     acc_pruned = accuracy(shrunk, data)
     finetune_s = train(keras, shrunk, data, settings["finetune_epochs"], 1e-3, args.seed + 1)
     acc_finetuned = accuracy(shrunk, data)
-    latency = {}
-    for batch in (1, 32):
-        ms = compare_latency([dense, shrunk], batch, repeats=settings["repeats"])
-        latency[f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1],
-                                    "speedup": ms[0] / ms[1]}
     result = {
         "params": {"dense": dense.count_params(), "shrunk": shrunk.count_params()},
         "flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
         "accuracy": {"dense": acc_dense, "shrunk_before_finetune": acc_pruned,
                      "shrunk_after_finetune": acc_finetuned,
                      "drop_points": 100 * (acc_dense - acc_finetuned)},
-        "latency": latency,
+        **latency_pair(dense, shrunk, settings["repeats"]),
         "train_seconds": {"dense": train_s, "finetune": finetune_s},
         "plan": plan.summary().splitlines(),
     }
@@ -148,41 +143,58 @@ def run_model(name, build, data, args, settings) -> dict:
     return result
 
 
+def latency_pair(dense, shrunk, repeats: int) -> dict:
+    """Dense vs shrunk median milliseconds at batch 1 and 32, interleaved, in two runtimes:
+    TensorFlow (``latency``) and LiteRT's interpreter (``latency_litert``)."""
+    from keras_prune.analysis.latency import compare_latency
+
+    out = {}
+    for runtime, key in (("keras", "latency"), ("litert", "latency_litert")):
+        out[key] = {}
+        for batch in (1, 32):
+            ms = compare_latency([dense, shrunk], batch, repeats=repeats, runtime=runtime)
+            out[key][f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1], "speedup": ms[0] / ms[1]}
+    return out
+
+
 def latency_only(args, settings) -> dict:
     """Dense vs shrunk latency of freshly initialized models: many rounds, no training."""
     import keras
 
     from keras_prune.analysis.flops import total_flops
-    from keras_prune.analysis.latency import compare_latency
     from keras_prune.structured import prune_channels
 
     results = {}
     for name, build in (("resnet", resnet_style), ("mobilenet", mobilenet_style)):
         dense = build(keras)
         shrunk = prune_channels(dense, args.ratio, round_to=args.round_to)
-        row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)}}
-        for batch in (1, 32):
-            ms = compare_latency([dense, shrunk], batch, repeats=settings["repeats"])
-            row[f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1], "speedup": ms[0] / ms[1]}
+        row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
+               **latency_pair(dense, shrunk, settings["repeats"])}
         results[name] = row
-        print(f"{name}: batch 1 {row['batch1']['speedup']:.2f}x, "
-              f"batch 32 {row['batch32']['speedup']:.2f}x", flush=True)
+        for key, label in (("latency", "TensorFlow"), ("latency_litert", "LiteRT")):
+            print(f"{name}, {label}: batch 1 {row[key]['batch1']['speedup']:.2f}x, "
+                  f"batch 32 {row[key]['batch32']['speedup']:.2f}x", flush=True)
     return results
 
 
 def table(results: dict) -> str:
-    rows = ["| model | params | MFLOPs | top-1 | batch 1 ms | batch 32 ms |",
-            "|---|---|---|---|---|---|"]
+    """Markdown: per model, dense and shrunk size, accuracy and latency (TensorFlow, LiteRT)."""
+    rows = ["| model | params | MFLOPs | top-1 | TF batch 1 ms | TF batch 32 ms "
+            "| LiteRT batch 1 ms | LiteRT batch 32 ms |",
+            "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for kind, acc_key in (("dense", "dense"), ("shrunk", "shrunk_after_finetune")):
-            b1, b32 = r["latency"]["batch1"], r["latency"]["batch32"]
-            speed = "" if kind == "dense" else (
-                f" ({b1['speedup']:.2f}x)", f" ({b32['speedup']:.2f}x)")
-            rows.append(
-                f"| {name} {kind} | {r['params'][kind]:,} | {r['flops'][kind] / 1e6:.1f} | "
-                f"{100 * r['accuracy'][acc_key]:.2f}% | {b1[f'{kind}_ms']:.2f}{speed[0] if speed else ''} | "
-                f"{b32[f'{kind}_ms']:.2f}{speed[1] if speed else ''} |"
-            )
+            cells = [f"{name} {kind}", f"{r['params'][kind]:,}", f"{r['flops'][kind] / 1e6:.1f}",
+                     f"{100 * r['accuracy'][acc_key]:.2f}%"]
+            for key in ("latency", "latency_litert"):
+                for batch in ("batch1", "batch32"):
+                    if key not in r:
+                        cells.append("-")
+                        continue
+                    m = r[key][batch]
+                    cells.append(f"{m[f'{kind}_ms']:.2f}"
+                                 + (f" ({m['speedup']:.2f}x)" if kind == "shrunk" else ""))
+            rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -194,11 +206,14 @@ def plot(results: dict, path: Path) -> None:
 
     names = list(results)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for i, batch in enumerate(("batch1", "batch32")):
-        ax1.bar([j + 0.4 * i for j in range(len(names))],
-                [results[n]["latency"][batch]["speedup"] for n in names], 0.4, label=batch)
+    bars = [(key, batch) for key in ("latency", "latency_litert") for batch in ("batch1", "batch32")
+            if all(key in results[n] for n in names)]
+    for i, (key, batch) in enumerate(bars):
+        label = f"{'LiteRT' if key == 'latency_litert' else 'TF'} {batch.replace('batch', 'batch ')}"
+        ax1.bar([j + 0.2 * i for j in range(len(names))],
+                [results[n][key][batch]["speedup"] for n in names], 0.2, label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
-    ax1.set_xticks([j + 0.2 for j in range(len(names))], names)
+    ax1.set_xticks([j + 0.1 * (len(bars) - 1) for j in range(len(names))], names)
     ax1.set_ylabel("speedup, dense / shrunk (x)")
     ax1.legend()
     for i, key in enumerate(("dense", "shrunk_after_finetune")):

@@ -61,3 +61,15 @@ def test_shrink_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch
         err = capsys.readouterr().err
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, extra
         assert not (files / "small.keras").exists()
+
+
+@pytest.mark.tensorflow_only
+def test_shrink_measures_litert_latency_too(files):
+    report = files / "report.json"
+    code = main(["shrink", str(files / "model.keras"), "-o", str(files / "small.keras"),
+                 "--ratio", "0.5", "--litert", "--report", str(report)])
+    assert code == 0
+    before, after = (json.loads(report.read_text())["rows"][k] for k in ("before", "after"))
+    for key in ("latency_ms_batch1", "latency_ms_batch32", "litert_latency_ms_batch1",
+                "litert_latency_ms_batch32"):
+        assert before[key] > 0 and after[key] > 0

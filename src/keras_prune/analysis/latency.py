@@ -8,29 +8,46 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_prune._validation import check_choice
+
+
+RUNTIMES = ("keras", "litert")
+
 
 def compare_latency(
-    models: Sequence[keras.Model], batch_size: int = 1, *, repeats: int = 30, warmup: int = 3
+    models: Sequence[keras.Model],
+    batch_size: int = 1,
+    *,
+    repeats: int = 30,
+    warmup: int = 3,
+    runtime: str = "keras",
 ) -> list[float]:
     """Median milliseconds per forward pass of each model, measured interleaved.
 
     The models run in turn, round after round, so that a noisy neighbour slows them all
-    alike and their ratio stays meaningful. On TensorFlow each model runs as a compiled
-    ``tf.function`` and on JAX as a ``jax.jit`` function, as in serving; elsewhere it is
-    called eagerly.
+    alike and their ratio stays meaningful. With ``runtime="keras"``, on TensorFlow each
+    model runs as a compiled ``tf.function`` and on JAX as a ``jax.jit`` function, as in
+    serving; elsewhere it is called eagerly. With ``runtime="litert"`` each model is
+    converted to LiteRT (TensorFlow backend, single-input models) and run by its interpreter,
+    as on a phone or an edge device.
 
     Args:
         models: models with the same kind of input.
         batch_size: examples per forward pass.
         repeats: timed rounds; the median is reported.
         warmup: untimed rounds first (tracing, caches).
+        runtime: ``"keras"`` or ``"litert"``.
 
     Example:
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
         >>> [ms] = compare_latency([model], batch_size=32, repeats=5)
     """
-    runners = [_runner(m) for m in models]
+    check_choice("runtime", runtime, RUNTIMES)
     inputs = [_example_inputs(m, batch_size) for m in models]
+    if runtime == "litert":
+        runners = [_litert_runner(m, x) for m, x in zip(models, inputs)]
+    else:
+        runners = [_runner(m) for m in models]
     times = [[] for _ in models]
     for round_ in range(warmup + repeats):
         for i, (run, x) in enumerate(zip(runners, inputs)):
@@ -41,9 +58,11 @@ def compare_latency(
     return [float(np.median(t) * 1000.0) for t in times]
 
 
-def measure_latency(model: keras.Model, batch_size: int = 1, *, repeats: int = 30) -> float:
+def measure_latency(
+    model: keras.Model, batch_size: int = 1, *, repeats: int = 30, runtime: str = "keras"
+) -> float:
     """Median milliseconds per forward pass of one model (see :func:`compare_latency`)."""
-    return compare_latency([model], batch_size, repeats=repeats)[0]
+    return compare_latency([model], batch_size, repeats=repeats, runtime=runtime)[0]
 
 
 def _example_inputs(model: keras.Model, batch_size: int):
@@ -73,3 +92,15 @@ def _runner(model: keras.Model):
         call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
         return lambda x: call(*state, x).block_until_ready()
     return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+
+
+def _litert_runner(model: keras.Model, example):
+    from keras_prune.export.litert import convert_litert, litert_function
+
+    if isinstance(example, list):
+        raise ValueError(
+            f"LiteRT latency needs a single-input model. Received: model '{model.name}' "
+            f"with {len(example)} inputs"
+        )
+    # The dense conversion: latency of the architecture, not of sparse weight storage.
+    return litert_function(convert_litert(model, sparse=False), example.shape)

@@ -28,12 +28,15 @@ an .npz file with x_train and y_train (optionally x_test and y_test, then accura
 after is reported) or an MNIST-style folder of IDX files.
 
 Reports parameters, FLOPs (per example) and median CPU latency at batch 1 and --batch-size,
-before and after, measured side by side."""
+before and after, measured side by side in TensorFlow; with --litert also in LiteRT's
+interpreter (the runtime of phones and edge devices, where small models lose less to
+per-operation overhead)."""
 
 EXAMPLES = """\
 examples:
   keras-prune shrink model.keras -o small.keras --ratio 0.5 --round-to 8
-  keras-prune shrink model.keras -o small.keras --ratio 0.5 --data train.npz --epochs 3"""
+  keras-prune shrink model.keras -o small.keras --ratio 0.5 --data train.npz --epochs 3
+  keras-prune shrink model.keras -o small.keras --ratio 0.5 --litert"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="with --loss: the model outputs logits")
     parser.add_argument("--batch-size", type=int, default=32, metavar="B",
                         help="batch size for fine-tuning and the second latency figure")
+    parser.add_argument("--litert", action="store_true",
+                        help="also measure latency in LiteRT (needs the TensorFlow backend)")
     parser.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
     parser.set_defaults(run=run)
 
@@ -80,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--epochs and --importance taylor need --data DATA (an .npz or IDX folder).")
     if args.data and not Path(args.data).exists():
         raise CLIError(f"--data '{args.data}' does not exist. Check the path.")
+    if args.litert:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise CLIError(f"--litert needs the TensorFlow backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     check_output(args)
     if args.report:
         check_output(argparse.Namespace(**{**vars(args), "output": args.report}), suffixes=(".json",))
@@ -117,10 +127,14 @@ def shrink(model, ratio: float, args, data, loss) -> dict:
         small.fit(data["x_train"], data["y_train"], batch_size=args.batch_size,
                   epochs=args.epochs, verbose=2)
     figures = {"plan": plan.summary().splitlines(), "model": small, "rows": {}}
-    latency = {b: compare_latency([model, small], b, repeats=20) for b in sorted({1, args.batch_size})}
+    latency = {}
+    for runtime, prefix in (("keras", ""), ("litert", "litert_"))[: 2 if args.litert else 1]:
+        for b in sorted({1, args.batch_size}):
+            latency[f"{prefix}latency_ms_batch{b}"] = compare_latency(
+                [model, small], b, repeats=20, runtime=runtime)
     for i, (name, m) in enumerate((("before", model), ("after", small))):
         row = {"params": m.count_params(), "flops": total_flops(m)}
-        row.update({f"latency_ms_batch{b}": ms[i] for b, ms in latency.items()})
+        row.update({key: ms[i] for key, ms in latency.items()})
         if data is not None and "x_test" in data:
             row["accuracy"] = _accuracy(m, data)
         figures["rows"][name] = row

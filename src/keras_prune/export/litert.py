@@ -9,6 +9,7 @@ import contextlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -91,19 +92,39 @@ def run_litert(content: bytes, inputs: np.ndarray) -> np.ndarray:
         >>> run_litert(convert_litert(model), x[:8]).shape  # doctest: +SKIP
         (8, 10)
     """
+    inputs = np.asarray(inputs)
+    return litert_function(content, inputs.shape)(inputs)
+
+
+def litert_function(content: bytes, input_shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """A single-input, single-output LiteRT model, loaded once and sized for ``input_shape``.
+
+    Returns a function from an input batch of that shape to a copy of the model's output, for
+    running the same model many times (latency measurements) without reloading it.
+
+    Example:
+        >>> run = litert_function(convert_litert(model), (1, 28, 28))  # doctest: +SKIP
+        >>> run(x[:1]).shape  # doctest: +SKIP
+        (1, 10)
+    """
     interpreter = _interpreter(content)
     inputs_details, outputs = interpreter.get_input_details(), interpreter.get_output_details()
     if len(inputs_details) != 1 or len(outputs) != 1:
         raise ValueError(
-            "run_litert compares single-input, single-output models only. Received a model "
+            "LiteRT runs here need single-input, single-output models. Received a model "
             f"with {len(inputs_details)} inputs and {len(outputs)} outputs."
         )
-    inputs = np.asarray(inputs, dtype=inputs_details[0]["dtype"])
-    interpreter.resize_tensor_input(inputs_details[0]["index"], inputs.shape)
+    input_index, output_index = inputs_details[0]["index"], outputs[0]["index"]
+    dtype = inputs_details[0]["dtype"]
+    interpreter.resize_tensor_input(input_index, tuple(input_shape))
     interpreter.allocate_tensors()
-    interpreter.set_tensor(inputs_details[0]["index"], inputs)
-    interpreter.invoke()
-    return interpreter.get_tensor(outputs[0]["index"]).copy()
+
+    def run(inputs: np.ndarray) -> np.ndarray:
+        interpreter.set_tensor(input_index, np.asarray(inputs, dtype=dtype))
+        interpreter.invoke()
+        return interpreter.get_tensor(output_index).copy()
+
+    return run
 
 
 def litert_max_abs_diff(model: keras.Model, content: bytes, inputs: np.ndarray) -> float:
