@@ -30,3 +30,10 @@ def test_write_of_a_wrong_shape_raises_and_leaves_the_variable_as_it_was():
         _host.write(variable, np.zeros((3, 2), "float32"))
     assert tuple(variable.shape) == (2, 3)
     np.testing.assert_array_equal(_host.read(variable), np.ones((2, 3)))
+
+
+def test_changing_what_read_returns_leaves_the_variable_alone():
+    variable = keras.Variable(np.zeros(4, "float32"))
+    value = _host.read(variable)
+    value[0] = 5.0
+    np.testing.assert_array_equal(_host.read(variable), np.zeros(4))

@@ -14,7 +14,7 @@ import numpy as np
 
 
 def read(variable: keras.Variable) -> np.ndarray:
-    """The variable's current value as a numpy array (do not modify it in place)."""
+    """The variable's current value as a numpy array (changing it leaves the variable as it is)."""
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
