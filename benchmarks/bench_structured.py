@@ -41,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (3)")
     parser.add_argument("--train-size", type=int, default=None, help="training images (20000)")
     parser.add_argument("--repeats", type=int, default=None, help="latency rounds (40)")
+    parser.add_argument("--width", type=int, default=32,
+                        help="channels of the first stage (32); wider models are more compute-bound")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--latency-only", action="store_true",
                         help="no data or training: time dense vs shrunk architectures only "
@@ -119,7 +121,7 @@ def run_model(name, build, data, args, settings) -> dict:
     from keras_prune.structured.surgery import apply_plan
 
     keras.utils.set_random_seed(args.seed)
-    dense = build(keras)
+    dense = build(keras, args.width)
     train_s = train(keras, dense, data, settings["epochs"], 2e-3, args.seed)
     acc_dense = accuracy(dense, data)
     calibration = (data["x_train"][:512], data["y_train"][:512])
@@ -166,7 +168,7 @@ def latency_only(args, settings) -> dict:
 
     results = {}
     for name, build in (("resnet", resnet_style), ("mobilenet", mobilenet_style)):
-        dense = build(keras)
+        dense = build(keras, args.width)
         shrunk = prune_channels(dense, args.ratio, round_to=args.round_to)
         row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
                **latency_pair(dense, shrunk, settings["repeats"])}
@@ -245,7 +247,7 @@ def main() -> None:
         settings["repeats"] = args.repeats or 200
         out = RESULTS / f"structured_latency{'_' + args.tag if args.tag else ''}.json"
         RESULTS.mkdir(parents=True, exist_ok=True)
-        payload = {"settings": {"repeats": settings["repeats"], "ratio": args.ratio,
+        payload = {"settings": {"repeats": settings["repeats"], "ratio": args.ratio, "width": args.width,
                                 "round_to": args.round_to, "cpus": os.cpu_count(),
                                 "os_load_average": os.getloadavg()},
                    "results": latency_only(args, settings)}
@@ -267,7 +269,7 @@ def main() -> None:
     stem += f"_{args.tag}" if args.tag else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "settings": {**settings, "ratio": args.ratio, "round_to": args.round_to,
+        "settings": {**settings, "ratio": args.ratio, "round_to": args.round_to, "width": args.width,
                      "importance": args.importance, "seed": args.seed,
                      "backend": keras.backend.backend(), "keras": keras.__version__,
                      "cpus": os.cpu_count(), "machine": platform.machine()},
