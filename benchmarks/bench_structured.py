@@ -7,7 +7,7 @@ inference latency at batch 1 and 32, measured interleaved in this process in two
 TensorFlow (a compiled tf.function) and LiteRT's interpreter (the models converted to LiteRT).
 
     .venv/bin/python benchmarks/bench_structured.py --quick   # smoke run, ~2 minutes
-    .venv/bin/python benchmarks/bench_structured.py           # full run: ~40 min on 2 cores
+    .venv/bin/python benchmarks/bench_structured.py           # full run: 15-40 min on 2 cores
 
 Writes benchmarks/results/structured[_quick].json and .png and prints the table.
 """
@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--round-to", type=int, default=8, help="channel count multiple")
     parser.add_argument("--importance", default="l1", help="l1, l2, bn_scale or taylor")
     parser.add_argument("--epochs", type=int, default=None, help="dense training epochs (6)")
-    parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (3)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, help="fine-tuning epochs (12)")
     parser.add_argument("--train-size", type=int, default=None, help="training images (20000)")
     parser.add_argument("--repeats", type=int, default=None, help="latency rounds (40)")
     parser.add_argument("--width", type=int, default=32,
@@ -239,7 +239,7 @@ def main() -> None:
 
     settings = {
         "epochs": args.epochs or (1 if args.quick else 6),
-        "finetune_epochs": args.finetune_epochs or (1 if args.quick else 3),
+        "finetune_epochs": args.finetune_epochs or (1 if args.quick else 12),
         "train_size": args.train_size or (2000 if args.quick else 20000),
         "repeats": args.repeats or (10 if args.quick else 40),
     }
