@@ -217,13 +217,13 @@ def plot(results: dict, path: Path) -> None:
     ax1.axhline(1.0, color="grey", lw=0.8)
     ax1.set_xticks([j + 0.1 * (len(bars) - 1) for j in range(len(names))], names)
     ax1.set_ylabel("speedup, dense / shrunk (x)")
-    ax1.legend()
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize="small")
     for i, key in enumerate(("dense", "shrunk_after_finetune")):
         ax2.bar([j + 0.4 * i for j in range(len(names))],
                 [100 * results[n]["accuracy"][key] for n in names], 0.4, label=key)
     ax2.set_xticks([j + 0.2 for j in range(len(names))], names)
     ax2.set_ylabel("CIFAR-10 test top-1 (%)")
-    ax2.legend()
+    ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize="small")
     fig.suptitle("Structured pruning, 50% of channels removed")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
