@@ -127,11 +127,12 @@ def shrink(model, ratio: float, args, data, loss) -> dict:
         small.fit(data["x_train"], data["y_train"], batch_size=args.batch_size,
                   epochs=args.epochs, verbose=2)
     figures = {"plan": plan.summary().splitlines(), "model": small, "rows": {}}
-    latency = {}
-    for runtime, prefix in (("keras", ""), ("litert", "litert_"))[: 2 if args.litert else 1]:
-        for b in sorted({1, args.batch_size}):
-            latency[f"{prefix}latency_ms_batch{b}"] = compare_latency(
-                [model, small], b, repeats=20, runtime=runtime)
+    runtimes = {"": "keras", "litert_": "litert"} if args.litert else {"": "keras"}
+    latency = {
+        f"{prefix}latency_ms_batch{b}": compare_latency([model, small], b, repeats=20, runtime=runtime)
+        for prefix, runtime in runtimes.items()
+        for b in sorted({1, args.batch_size})
+    }
     for i, (name, m) in enumerate((("before", model), ("after", small))):
         row = {"params": m.count_params(), "flops": total_flops(m)}
         row.update({key: ms[i] for key, ms in latency.items()})
