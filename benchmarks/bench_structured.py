@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,8 +48,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-only", action="store_true",
                         help="no data or training: time dense vs shrunk architectures only "
                              "(latency does not depend on the weights' values)")
+    parser.add_argument("--latency-from", default=None, metavar="DIR",
+                        help="with --latency-only: time the trained models that --save-models "
+                             "kept in DIR instead of freshly built ones")
     parser.add_argument("--tag", default="", help="suffix for the result files (structured_TAG)")
-    return parser.parse_args()
+    parser.add_argument("--save-models", action="store_true",
+                        help="keep the trained dense and fine-tuned shrunk models as .keras files "
+                             "under benchmarks/.cache/structured_TAG/ (re-time them with "
+                             "--latency-from that folder)")
+    args = parser.parse_args()
+    unknown = set(args.models.split(",")) - {"resnet", "mobilenet"}
+    if unknown:
+        parser.error(f"--models takes resnet and/or mobilenet. Received: {args.models}")
+    if args.latency_from and not args.latency_only:
+        parser.error("--latency-from goes with --latency-only")
+    return args
 
 
 def resnet_style(keras, width: int = 32):
@@ -87,8 +101,12 @@ def mobilenet_style(keras, width: int = 32):
     return keras.Model(inputs, L.Dense(10)(x), name="mobilenet_style")
 
 
+BUILDERS = {"resnet": resnet_style, "mobilenet": mobilenet_style}
+
+
 def train(keras, model, data, epochs: int, lr: float, seed: int) -> float:
-    """Adam with cosine decay, random horizontal flips; returns seconds spent."""
+    """Adam with cosine decay, random horizontal flips; prints a line per epoch and returns
+    the seconds spent."""
     import numpy as np
 
     x, y = data["x_train"], data["y_train"]
@@ -99,10 +117,13 @@ def train(keras, model, data, epochs: int, lr: float, seed: int) -> float:
                   metrics=["accuracy"])
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         flip = rng.random(len(x)) < 0.5
         xe = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-        model.fit(xe, y, batch_size=128, epochs=1, verbose=0, shuffle=True)
+        logs = model.fit(xe, y, batch_size=128, epochs=1, verbose=0, shuffle=True).history
+        print(f"  [{model.name}] epoch {epoch + 1}/{epochs}: loss {logs['loss'][-1]:.4f}, "
+              f"accuracy {logs['accuracy'][-1]:.4f}, {time.perf_counter() - start:.0f} s",
+              flush=True)
     return time.perf_counter() - start
 
 
@@ -131,6 +152,8 @@ def run_model(name, build, data, args, settings) -> dict:
     acc_pruned = accuracy(shrunk, data)
     finetune_s = train(keras, shrunk, data, settings["finetune_epochs"], 1e-3, args.seed + 1)
     acc_finetuned = accuracy(shrunk, data)
+    if args.save_models:
+        save_models(name, dense, shrunk, args.tag)
     result = {
         "params": {"dense": dense.count_params(), "shrunk": shrunk.count_params()},
         "flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
@@ -143,6 +166,14 @@ def run_model(name, build, data, args, settings) -> dict:
     }
     print(f"[{name}] done: dense {acc_dense:.4f}, shrunk {acc_finetuned:.4f}", flush=True)
     return result
+
+
+def save_models(name: str, dense, shrunk, tag: str) -> None:
+    folder = CACHE / f"structured{'_' + tag if tag else ''}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for kind, model in (("dense", dense), ("shrunk", shrunk)):
+        model.save(folder / f"{name}_{kind}.keras")
+    print(f"[{name}] saved the trained models in {folder}", flush=True)
 
 
 def latency_pair(dense, shrunk, repeats: int) -> dict:
@@ -160,16 +191,22 @@ def latency_pair(dense, shrunk, repeats: int) -> dict:
 
 
 def latency_only(args, settings) -> dict:
-    """Dense vs shrunk latency of freshly initialized models: many rounds, no training."""
+    """Dense vs shrunk latency, many rounds, no training: of freshly initialized models, or of
+    the trained ones that --save-models kept when --latency-from names their folder."""
     import keras
 
     from keras_prune.analysis.flops import total_flops
     from keras_prune.structured import prune_channels
 
     results = {}
-    for name, build in (("resnet", resnet_style), ("mobilenet", mobilenet_style)):
-        dense = build(keras, args.width)
-        shrunk = prune_channels(dense, args.ratio, round_to=args.round_to)
+    for name in args.models.split(","):
+        if args.latency_from:
+            folder = Path(args.latency_from)
+            dense, shrunk = (keras.saving.load_model(folder / f"{name}_{kind}.keras")
+                             for kind in ("dense", "shrunk"))
+        else:
+            dense = BUILDERS[name](keras, args.width)
+            shrunk = prune_channels(dense, args.ratio, round_to=args.round_to)
         row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
                **latency_pair(dense, shrunk, settings["repeats"])}
         results[name] = row
@@ -248,6 +285,7 @@ def main() -> None:
         out = RESULTS / f"structured_latency{'_' + args.tag if args.tag else ''}.json"
         RESULTS.mkdir(parents=True, exist_ok=True)
         payload = {"settings": {"repeats": settings["repeats"], "ratio": args.ratio, "width": args.width,
+                                "models_from": args.latency_from,
                                 "round_to": args.round_to, "cpus": os.cpu_count(),
                                 "os_load_average": os.getloadavg()},
                    "results": latency_only(args, settings)}
@@ -261,10 +299,9 @@ def main() -> None:
         "x_train": raw["x_train"][pick].astype("float32") / 255.0, "y_train": raw["y_train"][pick],
         "x_test": raw["x_test"].astype("float32") / 255.0, "y_test": raw["y_test"],
     }
-    builders = {"resnet": resnet_style, "mobilenet": mobilenet_style}
     results = {}
     for name in args.models.split(","):
-        results[name] = run_model(name, builders[name], data, args, settings)
+        results[name] = run_model(name, BUILDERS[name], data, args, settings)
     stem = "structured_quick" if args.quick else "structured"
     stem += f"_{args.tag}" if args.tag else ""
     RESULTS.mkdir(parents=True, exist_ok=True)

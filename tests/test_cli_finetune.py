@@ -167,6 +167,10 @@ def test_validation_split_and_channel_hint(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=np.zeros((10, 4, 4, 1), "float32"), y_train=np.arange(10) % 3)
     data = load_training_data(tmp_path / "d.npz", model, validation_split=0.2)
     assert len(data.x_train) == 8 and data.y_val.tolist() == [2, 0]
+    np.savez(tmp_path / "t.npz", x_train=np.zeros((10, 4, 4, 1), "float32"), y_train=np.arange(10) % 3,
+             x_test=np.ones((4, 4, 4, 1), "float32"), y_test=np.arange(4) % 3)
+    data = load_training_data(tmp_path / "t.npz", model, validation_split=0.2)
+    assert len(data.x_train) == 10 and data.y_val.tolist() == [0, 1, 2, 0]  # x_test serves as validation
     np.savez(tmp_path / "flat.npz", x_train=np.zeros((10, 4, 4), "float32"), y_train=np.arange(10) % 3)
     with pytest.raises(ValueError, match=r"Add the channel axis \(x\[..., None\]\)"):
         load_training_data(tmp_path / "flat.npz", model)

@@ -1,5 +1,6 @@
 """`keras-prune shrink`: writes a smaller model, reports figures, refuses bad input early."""
 
+import gzip
 import json
 
 import keras
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 
 from keras_prune.cli import main
+from keras_prune.cli._training import Checkpoint
+from keras_prune.datasets import IDX_FILES
 
 
 @pytest.fixture
@@ -31,7 +34,7 @@ def test_shrink_writes_the_smaller_model_and_the_report(files, capsys):
     code = main(["shrink", str(files / "model.keras"), "-o", str(out), "--ratio", "0.5",
                  "--round-to", "8", "--data", str(files / "data.npz"), "--epochs", "1",
                  "--loss", "sparse_categorical_crossentropy", "--from-logits",
-                 "--report", str(report)])
+                 "--metrics", "accuracy", "--report", str(report), "--quiet"])
     assert code == 0
     small = keras.saving.load_model(out)
     assert (small.get_layer("conv").filters, small.get_layer("hidden").units) == (8, 16)
@@ -40,7 +43,9 @@ def test_shrink_writes_the_smaller_model_and_the_report(files, capsys):
     before, after = figures["rows"]["before"], figures["rows"]["after"]
     assert (before["params"], after["params"]) == (8483, small.count_params())
     assert (before["flops"], after["flops"]) == (21184, 2 * (16 * 9 * 8 + 128 * 16 + 16 * 3))
-    assert 0.0 <= after["accuracy"] <= 1.0 and after["latency_ms_batch32"] > 0
+    assert 0.0 <= after["val_accuracy"] <= 1.0 and after["val_loss"] > 0
+    assert after["latency_ms_batch32"] > 0
+    assert not (files / "small.keras.ckpt").exists()
     assert "conv: kept 8/16" in capsys.readouterr().out
 
 
@@ -48,7 +53,12 @@ BAD_CALLS = [
     (["--ratio", "1.5"], "--ratio must be in [0, 1)"),
     (["--ratio", "0.5", "--epochs", "2"], "need --data DATA"),
     (["--ratio", "0.5", "--round-to", "0"], "--round-to must be >= 1"),
-    (["--ratio", "0.5", "--epochs", "1", "--data", "data.npz"], "pass --loss NAME"),
+    (["--ratio", "0.5", "--epochs", "1", "--data", "data.npz"], "saved without a loss; pass --loss"),
+    (["--ratio", "0.5", "--epochs", "1", "--data", "bad_labels.npz", "--loss", "mse"], "outputs 3 classes"),
+    (["--ratio", "0.5", "--data", "data.npz", "--from-logits"], "--from-logits goes with --loss"),
+    (["--ratio", "0.5", "--epochs", "1", "--data", "data.npz", "--loss", "mean_squared_error",
+      "--from-logits"],
+     "no logits form"),
     (["--ratio", "0.5", "--exclude", "nope"], "does not have: ['nope']"),
     (["--ratio", "0.5", "-o", "model.keras"], "is the input file"),
 ]
@@ -56,11 +66,13 @@ BAD_CALLS = [
 
 def test_shrink_errors_are_one_line_and_write_nothing(files, capsys, monkeypatch):
     monkeypatch.chdir(files)
+    x = np.zeros((8, 6, 6, 1), "float32")
+    np.savez(files / "bad_labels.npz", x_train=x, y_train=np.full(8, 7))
     for extra, message in BAD_CALLS:
         code = main(["shrink", "model.keras", "-o", "small.keras", *extra])
         err = capsys.readouterr().err
         assert code == 1 and message in err and len(err.strip().splitlines()) == 1, extra
-        assert not (files / "small.keras").exists()
+        assert not (files / "small.keras").exists() and not (files / "small.keras.ckpt").exists()
 
 
 @pytest.mark.tensorflow_only
@@ -73,3 +85,56 @@ def test_shrink_measures_litert_latency_too(files):
     for key in ("latency_ms_batch1", "latency_ms_batch32", "litert_latency_ms_batch1",
                 "litert_latency_ms_batch32"):
         assert before[key] > 0 and after[key] > 0
+
+
+def test_interrupted_fine_tuning_resumes_from_the_checkpoint(files, capsys, monkeypatch):
+    out = files / "small.keras"
+    argv = ["shrink", str(files / "model.keras"), "-o", str(out), "--ratio", "0.5",
+            "--data", str(files / "data.npz"), "--epochs", "3", "--quiet",
+            "--loss", "sparse_categorical_crossentropy", "--from-logits"]
+    real_save = Checkpoint.save
+
+    def save_then_interrupt(self, model, epochs_done):
+        real_save(self, model, epochs_done)
+        if epochs_done == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_interrupt)
+    assert main(argv) == 130 and "rerun the same command to resume" in capsys.readouterr().err
+    assert not out.exists()
+    saved = keras.saving.load_model(files / "small.keras.ckpt" / "epoch-2.keras")
+    assert saved.get_layer("hidden").units == 16  # the checkpoint holds the shrunk model
+
+    monkeypatch.setattr(Checkpoint, "save", real_save)
+    epochs_run = []
+    real_fit = keras.Model.fit
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: epochs_run.append(
+        k["epochs"] - k["initial_epoch"]) or real_fit(self, *a, **k))
+    assert main([*argv[:5], "0.25", *argv[6:]]) == 1  # another ratio is another run
+    assert "different run" in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "Resuming from epoch 2/3" in capsys.readouterr().err and epochs_run == [1]
+    assert keras.saving.load_model(out).get_layer("hidden").units == 16
+    assert not (files / "small.keras.ckpt").exists()
+
+
+def test_shrink_reads_an_idx_folder_with_its_test_split_as_validation(files):
+    rng = np.random.default_rng(1)
+    arrays = {"x_train": rng.integers(0, 256, (40, 6, 6)), "y_train": rng.integers(0, 3, 40),
+              "x_test": rng.integers(0, 256, (7, 6, 6)), "y_test": rng.integers(0, 3, 7)}
+    folder = files / "idx"
+    folder.mkdir()
+    for key, name in IDX_FILES.items():
+        values = arrays[key].astype(np.uint8)
+        header = bytes([0, 0, 8, values.ndim]) + b"".join(d.to_bytes(4, "big") for d in values.shape)
+        with gzip.open(folder / name, "wb") as f:
+            f.write(header + values.tobytes())
+    report = files / "report.json"
+    code = main(["shrink", str(files / "model.keras"), "-o", str(files / "small.keras"),
+                 "--ratio", "0.5", "--data", str(folder), "--epochs", "1", "--quiet",
+                 "--loss", "sparse_categorical_crossentropy", "--from-logits",
+                 "--metrics", "accuracy", "--report", str(report)])
+    assert code == 0
+    rows = json.loads(report.read_text())["rows"]
+    for row in rows.values():  # scored on the 7 test images, not the 40 training ones
+        assert abs(7 * row["val_accuracy"] - round(7 * row["val_accuracy"])) < 1e-5

@@ -1,7 +1,10 @@
 """A user's training data for fine-tuning: a ``.npz`` file or an image folder tree, checked
 against the model before any training starts.
 
-* ``.npz``: arrays ``x_train`` and ``y_train``, optionally ``x_val`` and ``y_val``.
+* ``.npz``: arrays ``x_train`` and ``y_train``, optionally ``x_val`` and ``y_val`` (or
+  ``x_test`` and ``y_test``, as ``keras.datasets`` name them).
+* An MNIST-style folder of the four IDX files (``train-images-idx3-ubyte.gz``, ...); its
+  test split is the validation data and its images take the model's input shape.
 * A folder of class folders (``cats/*.jpg``, ``dogs/*.jpg``), or a folder holding ``train/``
   and optionally ``val/`` (or ``validation/`` or ``test/``) laid out that way. Class indices
   follow the sorted folder names, as in ``keras.utils.image_dataset_from_directory``; images
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+
+from keras_prune.datasets import IDX_FILES, read_idx
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("val", "validation", "test")
@@ -61,12 +66,14 @@ def load_training_data(
         >>> model.fit(data.x_train, data.y_train, validation_data=data.validation)
     """
     path = Path(path)
-    if path.is_dir():
+    if path.is_dir() and (path / IDX_FILES["x_train"]).is_file():
+        data = _load_idx(path, model, image_scale)
+    elif path.is_dir():
         data = _load_folder(path, model, image_scale)
     elif path.is_file():
         data = _load_npz(path)
     else:
-        raise ValueError(f"Data '{path}' does not exist; pass a .npz file or an image folder.")
+        raise ValueError(f"Data '{path}' does not exist; pass a .npz file, an IDX folder or an image folder.")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split}")
     if validation_split and data.x_val is None:
@@ -94,9 +101,25 @@ def _load_npz(path: Path) -> TrainingData:
             f"Data '{path}' lacks {' and '.join(missing)} (it has {sorted(arrays)}); save it with "
             "np.savez(path, x_train=..., y_train=..., x_val=..., y_val=...)."
         )
-    if ("x_val" in arrays) != ("y_val" in arrays):
-        raise ValueError(f"Data '{path}' must hold both x_val and y_val, or neither.")
-    return TrainingData(arrays["x_train"], arrays["y_train"], arrays.get("x_val"), arrays.get("y_val"))
+    split = "val" if "x_val" in arrays or "y_val" in arrays else "test"
+    if (f"x_{split}" in arrays) != (f"y_{split}" in arrays):
+        raise ValueError(f"Data '{path}' must hold both x_{split} and y_{split}, or neither.")
+    return TrainingData(arrays["x_train"], arrays["y_train"], arrays.get(f"x_{split}"), arrays.get(f"y_{split}"))
+
+
+def _load_idx(path: Path, model: keras.Model, scale: float) -> TrainingData:
+    missing = [name for name in IDX_FILES.values() if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"IDX folder '{path}' lacks {', '.join(missing)}.")
+    arrays = {key: read_idx(path / name) for key, name in IDX_FILES.items()}
+    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
+    for key in ("x_train", "x_test"):
+        images = arrays[key].astype("float32") * scale
+        if None not in shape and images[0].size == int(np.prod(shape)):
+            images = images.reshape((-1, *shape))  # (28, 28) files feed (28, 28, 1) or (784,) inputs
+        arrays[key] = images
+    labels = {key: arrays[key].astype("int64") for key in ("y_train", "y_test")}
+    return TrainingData(arrays["x_train"], labels["y_train"], arrays["x_test"], labels["y_test"])
 
 
 def _load_folder(path: Path, model: keras.Model, scale: float) -> TrainingData:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from keras_prune.cli import CLIError
@@ -15,17 +16,27 @@ from keras_prune.cli._common import (
     load,
     save,
 )
+from keras_prune.cli._training import (
+    DATA_HELP,
+    Checkpoint,
+    add_training_arguments,
+    check_training_flags,
+    compile_config,
+    evaluate,
+    fit_resumably,
+    load_data,
+)
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Remove the least important R of the channels of every prunable group (Dense units, Conv
 filters, attention heads; coupled layers such as residual Adds, Concatenate, BatchNorm and
 depthwise convolutions are pruned together) and write the smaller dense model to OUT. The
 output layer, --exclude'd layers and groups that reach a layer keras-prune cannot reason
 about keep all their channels; the plan lists them.
 
-With --data and --epochs N the smaller model is fine-tuned for N epochs with Adam. DATA is
-an .npz file with x_train and y_train (optionally x_test and y_test, then accuracy before and
-after is reported) or an MNIST-style folder of IDX files.
+With --data and --epochs N the smaller model is fine-tuned for N epochs, as `finetune` does;
+with validation data in DATA the validation metrics are reported before and after.
+{DATA_HELP}
 
 Reports parameters, FLOPs (per example) and median CPU latency at batch 1 and --batch-size,
 before and after, measured side by side in TensorFlow; with --litert also in LiteRT's
@@ -37,6 +48,9 @@ examples:
   keras-prune shrink model.keras -o small.keras --ratio 0.5 --round-to 8
   keras-prune shrink model.keras -o small.keras --ratio 0.5 --data train.npz --epochs 3
   keras-prune shrink model.keras -o small.keras --ratio 0.5 --litert"""
+
+# The flags that define a run, besides the fine-tuning ones; a checkpoint resumes only its own.
+RUN_KEYS = ("ratio", "round_to", "importance", "scope", "exclude")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,16 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="prune R of every group (layer) or rank all channels together")
     parser.add_argument("--exclude", default="", metavar="NAMES",
                         help="comma-separated layer names to leave untouched")
-    parser.add_argument("--data", metavar="DATA", help=".npz file or IDX folder (see above)")
-    parser.add_argument("--epochs", type=int, default=0, metavar="N", help="fine-tuning epochs")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, metavar="LR")
-    parser.add_argument("--loss", metavar="NAME",
-                        help="Keras loss for fine-tuning when MODEL is not compiled "
-                             "(e.g. sparse_categorical_crossentropy)")
-    parser.add_argument("--from-logits", action="store_true",
-                        help="with --loss: the model outputs logits")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B",
-                        help="batch size for fine-tuning and the second latency figure")
+    add_training_arguments(parser, epochs=0, data_required=False)
     parser.add_argument("--litert", action="store_true",
                         help="also measure latency in LiteRT (needs the TensorFlow backend)")
     parser.add_argument("--report", metavar="FILE.json", help="also write the figures as JSON")
@@ -77,14 +82,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ratio = fraction("--ratio", args.ratio)
-    for flag, value, low in (("--round-to", args.round_to, 1), ("--epochs", args.epochs, 0),
-                             ("--batch-size", args.batch_size, 1)):
-        if value < low:
-            raise CLIError(f"{flag} must be >= {low}. Received: {flag} {value}")
+    if args.round_to < 1:
+        raise CLIError(f"--round-to must be >= 1. Received: --round-to {args.round_to}")
+    check_training_flags(args)
     if (args.epochs or args.importance == "taylor") and not args.data:
-        raise CLIError("--epochs and --importance taylor need --data DATA (an .npz or IDX folder).")
-    if args.data and not Path(args.data).exists():
-        raise CLIError(f"--data '{args.data}' does not exist. Check the path.")
+        raise CLIError("--epochs and --importance taylor need --data DATA (an .npz, IDX or image folder).")
     if args.litert:
         import keras
 
@@ -93,11 +95,13 @@ def run(args: argparse.Namespace) -> int:
     check_output(args)
     if args.report:
         check_output(argparse.Namespace(**{**vars(args), "output": args.report}), suffixes=(".json",))
+    checkpoint = Checkpoint(args, RUN_KEYS) if args.epochs else None
     model = load(args)
-    data = _load_data(args.data, model) if args.data else None
-    loss = _loss(args, model) if args.epochs or args.importance == "taylor" else None
-    figures = shrink(model, ratio, args, data, loss)
+    data = load_data(args, model) if args.data else None
+    figures = shrink(model, ratio, args, data, checkpoint)
     save(figures.pop("model"), args)
+    if checkpoint is not None:
+        checkpoint.clear()
     if args.report:
         from keras_prune.io import atomic_write
 
@@ -106,26 +110,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def shrink(model, ratio: float, args, data, loss) -> dict:
-    """Plans, rebuilds, fine-tunes and measures; returns the figures and the new model."""
+def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> dict:
+    """Plans, rebuilds, fine-tunes (resuming from ``checkpoint``) and measures; returns the
+    figures and the new model."""
     import keras
 
     from keras_prune.analysis.flops import total_flops
     from keras_prune.analysis.latency import compare_latency
     from keras_prune.structured import apply_plan, plan_channels
 
+    config = _config(keras, model, args, data)
     calibration = None
     if args.importance == "taylor":
-        model.compile(loss=loss)
-        calibration = (data["x_train"][:512], data["y_train"][:512])
+        model.compile_from_config(config)
+        calibration = (data.x_train[:512], data.y_train[:512])
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     plan = plan_channels(model, ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, exclude=exclude, calibration_data=calibration)
-    small = apply_plan(plan)
-    if args.epochs:
-        small.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=loss)
-        small.fit(data["x_train"], data["y_train"], batch_size=args.batch_size,
-                  epochs=args.epochs, verbose=2)
+    scores = {"before": evaluate(model, config, data, args.batch_size) if config else {}}
+    small, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
+    if small is None:
+        small = apply_plan(plan)
+    if checkpoint:
+        small.compile_from_config(config)
+        fit_resumably(small, data, args, checkpoint, done)
+    scores["after"] = evaluate(small, config, data, args.batch_size) if config else {}
     figures = {"plan": plan.summary().splitlines(), "model": small, "rows": {}}
     runtimes = {"": "keras", "litert_": "litert"} if args.litert else {"": "keras"}
     latency = {
@@ -136,60 +145,25 @@ def shrink(model, ratio: float, args, data, loss) -> dict:
     for i, (name, m) in enumerate((("before", model), ("after", small))):
         row = {"params": m.count_params(), "flops": total_flops(m)}
         row.update({key: ms[i] for key, ms in latency.items()})
-        if data is not None and "x_test" in data:
-            row["accuracy"] = _accuracy(m, data)
+        row.update({f"val_{key}": value for key, value in scores[name].items()})
         figures["rows"][name] = row
     return figures
 
 
-def _load_data(path: str, model) -> dict:
-    import numpy as np
+def _config(keras, model, args, data) -> dict | None:
+    """The compile settings for fine-tuning and validation; None when neither needs them.
 
-    from keras_prune.datasets import load_idx_dataset
-
-    if Path(path).is_dir():
-        arrays = load_idx_dataset(path)
-    else:
-        with np.load(path) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        if "x_train" not in arrays and "x" in arrays:
-            arrays["x_train"], arrays["y_train"] = arrays.pop("x"), arrays.pop("y")
-    if "x_train" not in arrays or "y_train" not in arrays:
-        raise CLIError(f"--data '{path}' must hold arrays x_train and y_train (or x and y).")
-    shape = tuple(model.inputs[0].shape[1:])
-    for key in ("x_train", "x_test"):
-        if key in arrays and arrays[key].shape[1:] != shape:
-            if int(np.prod(arrays[key].shape[1:])) != int(np.prod(shape)):
-                raise CLIError(f"--data {key} has shape {arrays[key].shape[1:]}; the model wants {shape}.")
-            arrays[key] = arrays[key].reshape((-1,) + shape)
-    return arrays
-
-
-def _loss(args, model):
-    import keras
-
-    if args.loss:
-        # The class form (SparseCategoricalCrossentropy, ...) takes from_logits and serializes.
-        name = "".join(part.capitalize() for part in args.loss.split("_"))
-        cls = getattr(keras.losses, name, None)
-        if not (isinstance(cls, type) and issubclass(cls, keras.losses.Loss)):
-            raise CLIError(f"--loss {args.loss} is not a Keras loss; try sparse_categorical_crossentropy.")
-        if not args.from_logits:
-            return cls()
-        try:
-            return cls(from_logits=True)
-        except TypeError:
-            raise CLIError(f"--loss {args.loss} has no logits form; drop --from-logits.") from None
-    if getattr(model, "loss", None) is not None:
-        return model.loss
-    raise CLIError("MODEL is not compiled; pass --loss NAME (and --from-logits if it outputs logits).")
-
-
-def _accuracy(model, data) -> float:
-    import numpy as np
-
-    out = model.predict(data["x_test"], batch_size=256, verbose=0)
-    return float((np.argmax(out, axis=-1) == np.asarray(data["y_test"]).reshape(-1)).mean())
+    Fine-tuning and Taylor scores need a loss (an error names the flag); validation alone is
+    skipped without one, with a note saying how to get it."""
+    if args.epochs or args.importance == "taylor":
+        return compile_config(keras, model, args)
+    if data is None or data.validation is None:
+        return None
+    if not (args.loss or getattr(model, "loss", None)):
+        print("note: MODEL has no loss; pass --loss (and --metrics accuracy) for validation "
+              "figures.", file=sys.stderr)
+        return None
+    return compile_config(keras, model, args)
 
 
 def _print(figures: dict, args) -> None:
@@ -204,7 +178,7 @@ def _print(figures: dict, args) -> None:
         table.add_column(column, justify="right")
     for key in before:
         ratio = before[key] / after[key] if after[key] else float("inf")
-        fmt = "{:,.4f}" if key == "accuracy" else "{:,.2f}" if "latency" in key else "{:,}"
+        fmt = "{:,.4f}" if key.startswith("val_") else "{:,.2f}" if "latency" in key else "{:,}"
         table.add_row(key, fmt.format(before[key]), fmt.format(after[key]),
-                      "" if key == "accuracy" else f"{ratio:.2f}x")
+                      "" if key.startswith("val_") else f"{ratio:.2f}x")
     console.print(table)
