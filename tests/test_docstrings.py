@@ -7,7 +7,9 @@ import pytest
 
 pytestmark = pytest.mark.core
 
-MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune", "_host"]
+MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune", "_host", "structured",
+           "structured.fold", "structured.graph", "structured.importance", "structured.plan",
+           "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -16,7 +16,7 @@ from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
-from keras_prune.structured import GradualChannelPruning, prune_channels
+from keras_prune.structured import GradualChannelPruning, fold_batchnorm, prune_channels
 from keras_prune.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
@@ -36,6 +36,7 @@ __all__ = [
     "UpdatePruningStep",
     "export_litert",
     "export_sparse",
+    "fold_batchnorm",
     "load_sparse",
     "iterative_prune",
     "magnitude_prune",

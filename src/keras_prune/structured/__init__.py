@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import keras
 
 from keras_prune._validation import check_choice, check_int, check_sparsity
+from keras_prune.structured.fold import fold_batchnorm, foldable_batchnorms
 from keras_prune.structured.gradual import GradualChannelPruning
 from keras_prune.structured.graph import ChannelGraph, Group
 from keras_prune.structured.importance import IMPORTANCES, unit_scores
@@ -22,6 +23,8 @@ __all__ = [
     "GradualChannelPruning",
     "Group",
     "apply_plan",
+    "fold_batchnorm",
+    "foldable_batchnorms",
     "plan_channels",
     "prune_channels",
     "unit_scores",
