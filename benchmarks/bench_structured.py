@@ -3,11 +3,13 @@
 For a small ResNet-style CNN and a MobileNet-style CNN (depthwise separable blocks): train
 dense, remove --ratio of every prunable channel group with keras_prune.structured.
 prune_channels, fine-tune, then report parameters, FLOPs, test accuracy and median CPU
-inference latency at batch 1 and 32, measured interleaved in this process in two runtimes:
-TensorFlow (a compiled tf.function) and LiteRT's interpreter (the models converted to LiteRT).
+inference latency at batch 1 and 32, measured interleaved in this process: in TensorFlow (a
+compiled tf.function), in TensorFlow with BatchNorm folded into the convolutions of both models
+(keras_prune.fold_batchnorm), and in LiteRT's interpreter (the models converted to LiteRT).
 
     .venv/bin/python benchmarks/bench_structured.py --quick   # smoke run, ~2 minutes
     .venv/bin/python benchmarks/bench_structured.py           # full run: 15-40 min on 2 cores
+    .venv/bin/python benchmarks/bench_structured.py --latency-only --width 128   # no training
 
 Writes benchmarks/results/structured[_quick].json and .png and prints the table.
 """
@@ -102,6 +104,10 @@ def mobilenet_style(keras, width: int = 32):
 
 
 BUILDERS = {"resnet": resnet_style, "mobilenet": mobilenet_style}
+# Result key -> (compare_latency runtime, BatchNorm folded first), and how tables name them.
+RUNTIME_SETUPS = {"latency": ("keras", False), "latency_folded": ("keras", True),
+                  "latency_litert": ("litert", False)}
+RUNTIME_LABELS = {"latency": "TF", "latency_folded": "TF, BN folded", "latency_litert": "LiteRT"}
 
 
 def train(keras, model, data, epochs: int, lr: float, seed: int) -> float:
@@ -177,15 +183,19 @@ def save_models(name: str, dense, shrunk, tag: str) -> None:
 
 
 def latency_pair(dense, shrunk, repeats: int) -> dict:
-    """Dense vs shrunk median milliseconds at batch 1 and 32, interleaved, in two runtimes:
-    TensorFlow (``latency``) and LiteRT's interpreter (``latency_litert``)."""
+    """Dense vs shrunk median milliseconds at batch 1 and 32, interleaved, in each of RUNTIMES:
+    TensorFlow as the models are, TensorFlow with BatchNorm folded into the convolutions of
+    both, and LiteRT's interpreter (whose converter folds BatchNorm itself)."""
     from keras_prune.analysis.latency import compare_latency
+    from keras_prune.structured import fold_batchnorm
 
+    folded = [fold_batchnorm(dense), fold_batchnorm(shrunk)]
     out = {}
-    for runtime, key in (("keras", "latency"), ("litert", "latency_litert")):
+    for key, (runtime, fold) in RUNTIME_SETUPS.items():
         out[key] = {}
         for batch in (1, 32):
-            ms = compare_latency([dense, shrunk], batch, repeats=repeats, runtime=runtime)
+            models = folded if fold else [dense, shrunk]
+            ms = compare_latency(models, batch, repeats=repeats, runtime=runtime)
             out[key][f"batch{batch}"] = {"dense_ms": ms[0], "shrunk_ms": ms[1], "speedup": ms[0] / ms[1]}
     return out
 
@@ -210,22 +220,22 @@ def latency_only(args, settings) -> dict:
         row = {"flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
                **latency_pair(dense, shrunk, settings["repeats"])}
         results[name] = row
-        for key, label in (("latency", "TensorFlow"), ("latency_litert", "LiteRT")):
+        for key, label in RUNTIME_LABELS.items():
             print(f"{name}, {label}: batch 1 {row[key]['batch1']['speedup']:.2f}x, "
                   f"batch 32 {row[key]['batch32']['speedup']:.2f}x", flush=True)
     return results
 
 
 def table(results: dict) -> str:
-    """Markdown: per model, dense and shrunk size, accuracy and latency (TensorFlow, LiteRT)."""
-    rows = ["| model | params | MFLOPs | top-1 | TF batch 1 ms | TF batch 32 ms "
-            "| LiteRT batch 1 ms | LiteRT batch 32 ms |",
-            "|---|---|---|---|---|---|---|---|"]
+    """Markdown: per model, dense and shrunk size, accuracy and latency in every runtime."""
+    latency_columns = [f"{label} batch {b} ms" for label in RUNTIME_LABELS.values() for b in (1, 32)]
+    header = ["model", "params", "MFLOPs", "top-1", *latency_columns]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in results.items():
         for kind, acc_key in (("dense", "dense"), ("shrunk", "shrunk_after_finetune")):
             cells = [f"{name} {kind}", f"{r['params'][kind]:,}", f"{r['flops'][kind] / 1e6:.1f}",
                      f"{100 * r['accuracy'][acc_key]:.2f}%"]
-            for key in ("latency", "latency_litert"):
+            for key in RUNTIME_LABELS:
                 for batch in ("batch1", "batch32"):
                     if key not in r:
                         cells.append("-")
@@ -245,14 +255,15 @@ def plot(results: dict, path: Path) -> None:
 
     names = list(results)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    bars = [(key, batch) for key in ("latency", "latency_litert") for batch in ("batch1", "batch32")
+    bars = [(key, batch) for key in RUNTIME_LABELS for batch in ("batch1", "batch32")
             if all(key in results[n] for n in names)]
+    width = 0.8 / len(bars)
     for i, (key, batch) in enumerate(bars):
-        label = f"{'LiteRT' if key == 'latency_litert' else 'TF'} {batch.replace('batch', 'batch ')}"
-        ax1.bar([j + 0.2 * i for j in range(len(names))],
-                [results[n][key][batch]["speedup"] for n in names], 0.2, label=label)
+        label = f"{RUNTIME_LABELS[key]}, {batch.replace('batch', 'batch ')}"
+        ax1.bar([j + width * i for j in range(len(names))],
+                [results[n][key][batch]["speedup"] for n in names], width, label=label)
     ax1.axhline(1.0, color="grey", lw=0.8)
-    ax1.set_xticks([j + 0.1 * (len(bars) - 1) for j in range(len(names))], names)
+    ax1.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(names))], names)
     ax1.set_ylabel("speedup, dense / shrunk (x)")
     ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize="small")
     for i, key in enumerate(("dense", "shrunk_after_finetune")):

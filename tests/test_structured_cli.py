@@ -138,3 +138,24 @@ def test_shrink_reads_an_idx_folder_with_its_test_split_as_validation(files):
     rows = json.loads(report.read_text())["rows"]
     for row in rows.values():  # scored on the 7 test images, not the 40 training ones
         assert abs(7 * row["val_accuracy"] - round(7 * row["val_accuracy"])) < 1e-5
+
+
+def test_fold_batchnorm_writes_the_same_function_without_batchnorm(tmp_path):
+    model = keras.Sequential([
+        keras.Input((6, 6, 2)), keras.layers.Conv2D(16, 3, name="conv"),
+        keras.layers.BatchNormalization(name="bn"), keras.layers.ReLU(),
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, name="logits"),
+    ])
+    rng = np.random.default_rng(5)
+    for variable in model.weights:
+        value = rng.normal(size=variable.shape)
+        variable.assign(np.abs(value) + 0.5 if "variance" in variable.path else value)
+    model.save(tmp_path / "model.keras")
+    for name, extra in (("plain", []), ("folded", ["--fold-batchnorm"])):
+        assert main(["shrink", str(tmp_path / "model.keras"), "-o", str(tmp_path / f"{name}.keras"),
+                     "--ratio", "0.5", *extra]) == 0
+    plain, folded = (keras.saving.load_model(tmp_path / f"{n}.keras") for n in ("plain", "folded"))
+    assert [type(layer).__name__ for layer in folded.layers] == ["Conv2D", "ReLU",
+                                                                 "GlobalAveragePooling2D", "Dense"]
+    x = rng.normal(size=(4, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(folded.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-4)
