@@ -119,12 +119,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> dict:
-    """Plans, rebuilds, fine-tunes (resuming from ``checkpoint``) and measures; returns the
-    figures and the new model."""
+    """Plans, rebuilds, fine-tunes (resuming from ``checkpoint``), folds and measures; returns
+    the figures and the new model."""
     import keras
 
-    from keras_prune.analysis.flops import total_flops
-    from keras_prune.analysis.latency import compare_latency
     from keras_prune.structured import apply_plan, fold_batchnorm, foldable_batchnorms, plan_channels
 
     config = _config(keras, model, args, data)
@@ -135,7 +133,6 @@ def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> di
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     plan = plan_channels(model, ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, exclude=exclude, calibration_data=calibration)
-    scores = {"before": evaluate(model, config, data, args.batch_size) if config else {}}
     small, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
     if small is None:
         small = apply_plan(plan)
@@ -147,20 +144,29 @@ def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> di
         folds = foldable_batchnorms(small)
         small = fold_batchnorm(small)
         summary.append(f"BatchNorm folded into {len(folds)} layers: {', '.join(folds.values()) or 'none'}")
-    scores["after"] = evaluate(small, config, data, args.batch_size) if config else {}
-    figures = {"plan": summary, "model": small, "rows": {}}
+    rows = _measure({"before": model, "after": small}, config, data, args)
+    return {"plan": summary, "model": small, "rows": rows}
+
+
+def _measure(models: dict, config, data, args) -> dict:
+    """Per model: parameters, FLOPs, latency (measured interleaved) and validation metrics."""
+    from keras_prune.analysis.flops import total_flops
+    from keras_prune.analysis.latency import compare_latency
+
     runtimes = {"": "keras", "litert_": "litert"} if args.litert else {"": "keras"}
     latency = {
-        f"{prefix}latency_ms_batch{b}": compare_latency([model, small], b, repeats=20, runtime=runtime)
+        f"{prefix}latency_ms_batch{b}": compare_latency(list(models.values()), b, repeats=20, runtime=runtime)
         for prefix, runtime in runtimes.items()
         for b in sorted({1, args.batch_size})
     }
-    for i, (name, m) in enumerate((("before", model), ("after", small))):
+    rows = {}
+    for i, (name, m) in enumerate(models.items()):
         row = {"params": m.count_params(), "flops": total_flops(m)}
         row.update({key: ms[i] for key, ms in latency.items()})
-        row.update({f"val_{key}": value for key, value in scores[name].items()})
-        figures["rows"][name] = row
-    return figures
+        scores = evaluate(m, config, data, args.batch_size) if config else {}
+        row.update({f"val_{key}": value for key, value in scores.items()})
+        rows[name] = row
+    return rows
 
 
 def _config(keras, model, args, data) -> dict | None:
