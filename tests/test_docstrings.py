@@ -9,7 +9,8 @@ pytestmark = pytest.mark.core
 
 MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune", "_host", "structured",
            "structured.fold", "structured.graph", "structured.importance", "structured.plan",
-           "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse"]
+           "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
+           "iterative"]
 
 
 @pytest.mark.parametrize("name", MODULES)

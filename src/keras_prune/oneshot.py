@@ -65,6 +65,8 @@ def magnitude_prune(
             custom layer that declares no prunable weights.
 
     Example:
+        >>> model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(10),
+        ...                           keras.layers.Dense(5)])
         >>> report = magnitude_prune(model, sparsity=0.8, scope="global")
         >>> round(report.totals["sparsity"], 2)
         0.8
