@@ -54,6 +54,9 @@ def parse_args() -> argparse.Namespace:
                         help="with --latency-only: time the trained models that --save-models "
                              "kept in DIR instead of freshly built ones")
     parser.add_argument("--tag", default="", help="suffix for the result files (structured_TAG)")
+    parser.add_argument("--matched-dense", action="store_true",
+                        help="also train a dense control for as many epochs as the shrunk model "
+                             "had in all (epochs + fine-tuning), and report its accuracy")
     parser.add_argument("--save-models", action="store_true",
                         help="keep the trained dense and fine-tuned shrunk models as .keras files "
                              "under benchmarks/.cache/structured_TAG/ (re-time them with "
@@ -158,19 +161,29 @@ def run_model(name, build, data, args, settings) -> dict:
     acc_pruned = accuracy(shrunk, data)
     finetune_s = train(keras, shrunk, data, settings["finetune_epochs"], 1e-3, args.seed + 1)
     acc_finetuned = accuracy(shrunk, data)
+    accuracies = {"dense": acc_dense, "shrunk_before_finetune": acc_pruned,
+                  "shrunk_after_finetune": acc_finetuned,
+                  "drop_points": 100 * (acc_dense - acc_finetuned)}
+    if args.matched_dense:
+        # The shrunk model trained epochs + finetune_epochs in all: so does this dense control.
+        keras.utils.set_random_seed(args.seed)
+        control = build(keras, args.width)
+        train(keras, control, data, settings["epochs"] + settings["finetune_epochs"], 2e-3, args.seed)
+        accuracies["dense_matched_epochs"] = accuracy(control, data)
+        accuracies["drop_points_vs_matched"] = 100 * (accuracies["dense_matched_epochs"] - acc_finetuned)
     if args.save_models:
         save_models(name, dense, shrunk, args.tag)
     result = {
         "params": {"dense": dense.count_params(), "shrunk": shrunk.count_params()},
         "flops": {"dense": total_flops(dense), "shrunk": total_flops(shrunk)},
-        "accuracy": {"dense": acc_dense, "shrunk_before_finetune": acc_pruned,
-                     "shrunk_after_finetune": acc_finetuned,
-                     "drop_points": 100 * (acc_dense - acc_finetuned)},
+        "accuracy": accuracies,
         **latency_pair(dense, shrunk, settings["repeats"]),
         "train_seconds": {"dense": train_s, "finetune": finetune_s},
         "plan": plan.summary().splitlines(),
     }
-    print(f"[{name}] done: dense {acc_dense:.4f}, shrunk {acc_finetuned:.4f}", flush=True)
+    control = accuracies.get("dense_matched_epochs")
+    print(f"[{name}] done: dense {acc_dense:.4f}, shrunk {acc_finetuned:.4f}"
+          + (f", dense trained as long {control:.4f}" if control is not None else ""), flush=True)
     return result
 
 
