@@ -196,7 +196,7 @@ def save_models(name: str, dense, shrunk, tag: str) -> None:
 
 
 def latency_pair(dense, shrunk, repeats: int) -> dict:
-    """Dense vs shrunk median milliseconds at batch 1 and 32, interleaved, in each of RUNTIMES:
+    """Dense vs shrunk median milliseconds at batch 1 and 32, interleaved, in each of RUNTIME_SETUPS:
     TensorFlow as the models are, TensorFlow with BatchNorm folded into the convolutions of
     both, and LiteRT's interpreter (whose converter folds BatchNorm itself)."""
     from keras_prune.analysis.latency import compare_latency
