@@ -39,8 +39,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def load_idx_dataset(folder: str | Path) -> dict[str, np.ndarray]:
-    """Loads an MNIST-shaped dataset folder: ``x_*`` as float32 in [0, 1], ``y_*`` as int64.
+def load_idx_dataset(folder: str | Path, scale: float = 1 / 255) -> dict[str, np.ndarray]:
+    """Loads an MNIST-shaped dataset folder: ``x_*`` as float32 pixels times ``scale`` (in [0, 1]
+    by default), ``y_*`` as int64.
 
     Example:
         ``load_idx_dataset("../shared/data/mnist")["x_train"].shape == (60000, 28, 28)``
@@ -51,7 +52,7 @@ def load_idx_dataset(folder: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"Dataset folder '{folder}' lacks {', '.join(missing)}.")
     arrays = {key: read_idx(folder / name) for key, name in IDX_FILES.items()}
     for key in ("x_train", "x_test"):
-        arrays[key] = arrays[key].astype("float32") / 255.0
+        arrays[key] = arrays[key].astype("float32") / np.float32(1 / scale)  # exactly x / 255 by default
     for key in ("y_train", "y_test"):
         arrays[key] = arrays[key].astype("int64")
     return arrays

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_prune.datasets import IDX_FILES, read_idx
+from keras_prune.datasets import IDX_FILES, load_idx_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDERS = ("val", "validation", "test")
@@ -65,6 +65,10 @@ def load_training_data(
         >>> data = load_training_data("train.npz", model)
         >>> model.fit(data.x_train, data.y_train, validation_data=data.validation)
     """
+    if not image_scale > 0:
+        raise ValueError(f"Argument `image_scale` must be > 0, such as 1/255. Received: image_scale={image_scale}")
+    if not 0.0 <= validation_split < 1.0:
+        raise ValueError(f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split}")
     path = Path(path)
     if path.is_dir() and (path / IDX_FILES["x_train"]).is_file():
         data = _load_idx(path, model, image_scale)
@@ -74,8 +78,6 @@ def load_training_data(
         data = _load_npz(path)
     else:
         raise ValueError(f"Data '{path}' does not exist; pass a .npz file, an IDX folder or an image folder.")
-    if not 0.0 <= validation_split < 1.0:
-        raise ValueError(f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split}")
     if validation_split and data.x_val is None:
         cut = len(data.x_train) - int(round(validation_split * len(data.x_train)))
         data = dataclasses.replace(
@@ -108,18 +110,12 @@ def _load_npz(path: Path) -> TrainingData:
 
 
 def _load_idx(path: Path, model: keras.Model, scale: float) -> TrainingData:
-    missing = [name for name in IDX_FILES.values() if not (path / name).is_file()]
-    if missing:
-        raise ValueError(f"IDX folder '{path}' lacks {', '.join(missing)}.")
-    arrays = {key: read_idx(path / name) for key, name in IDX_FILES.items()}
+    arrays = load_idx_dataset(path, scale=scale)
     shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else ()
     for key in ("x_train", "x_test"):
-        images = arrays[key].astype("float32") * scale
-        if None not in shape and images[0].size == int(np.prod(shape)):
-            images = images.reshape((-1, *shape))  # (28, 28) files feed (28, 28, 1) or (784,) inputs
-        arrays[key] = images
-    labels = {key: arrays[key].astype("int64") for key in ("y_train", "y_test")}
-    return TrainingData(arrays["x_train"], labels["y_train"], arrays["x_test"], labels["y_test"])
+        if None not in shape and arrays[key][0].size == int(np.prod(shape)):
+            arrays[key] = arrays[key].reshape((-1, *shape))  # (28, 28) files feed (28, 28, 1) or (784,)
+    return TrainingData(arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
 
 
 def _load_folder(path: Path, model: keras.Model, scale: float) -> TrainingData:
