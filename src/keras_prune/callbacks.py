@@ -7,8 +7,9 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_prune import masks
-from keras_prune.wrapper import UNSTARTED, PruneLowMagnitude, constraints_hold_masks
+from keras_prune import _host, masks
+from keras_prune._keras_compat import call_takes_training
+from keras_prune.wrapper import MaskGroup, PruneLowMagnitude, constraints_hold_masks
 
 
 def collect_wrappers(model: keras.layers.Layer) -> list[PruneLowMagnitude]:
@@ -50,66 +51,126 @@ def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowM
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
-    """Advances the pruning step each batch and updates masks on the schedule's update steps.
+    """Starts the pruning step counter and keeps pruned weights at zero between steps.
 
-    Required in ``fit(callbacks=[...])`` while a model has pruning wrappers. In a custom
-    training loop, drive it by hand:
+    Required in ``fit(callbacks=[...])`` while a model has pruning wrappers. The step is
+    counted inside the train step (each wrapper's ``pruning_step`` variable) and the masks are
+    recomputed there on the schedule's update steps, so ``steps_per_execution``, gradient
+    accumulation and custom loops give the same masks as a plain ``fit``, and a model saved at
+    any point resumes on the exact same step. In a custom training loop, drive it by hand:
 
     >>> # callback = UpdatePruningStep(); callback.set_model(model); callback.on_train_begin()
     >>> # for each batch: callback.on_train_batch_begin(i); <gradient step>;
     >>> #                 callback.on_train_batch_end(i)
     >>> # at the end: callback.on_train_end()
 
-    The step is stored in each wrapper's ``pruning_step`` variable (counted inside the train
-    step), so a model saved at any point resumes on the exact same step.
+    On TensorFlow with ``jit_compile=True`` (XLA cannot call the host), the masks are
+    recomputed here between steps instead, which needs ``steps_per_execution=1``.
     """
 
     def __init__(self):
         super().__init__()
         self.step = 0
         self._wrappers: list[PruneLowMagnitude] = []
+        self._in_step = True
 
     def on_train_begin(self, logs=None):
         self._wrappers = collect_wrappers(self.model)
         if not self._wrappers:
             return
+        self._in_step = _updates_in_step(self.model)
         steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers]
-        self.step = max(0, max(steps))
-        for wrapper in self._wrappers:
-            wrapper.pruning_step.assign(self.step)
-            wrapper.driven = True
+        self.step = self._start = max(0, max(steps))
+        self._checked = False
+        for group in mask_groups(self._wrappers):
+            for wrapper in group.members:
+                wrapper.mask_group = group
+                wrapper.updates_in_step = self._in_step
+                wrapper.pruning_step.assign(self.step)
+                wrapper.driven = True
 
     @property
     def async_safe(self) -> bool:
-        # Where constraints hold the zeros, the batch-end hook does nothing, so Keras may
-        # keep dispatching batch ends asynchronously instead of waiting on every batch.
-        return constraints_hold_masks()
+        # Where constraints hold the zeros and masks update in the step, the batch hooks do
+        # nothing, so Keras may keep dispatching batches without waiting on every one.
+        return constraints_hold_masks() and self._in_step
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._in_step or not self._wrappers:
+            return
+        # Counted here, one batch per step (steps_per_execution is 1 on this path).
         if any(w.pruning_schedule.should_update(self.step) for w in self._wrappers):
-            self.model  # on JAX, reading `model` syncs the train state into the variables
+            self.model  # noqa: B018  (on JAX, reading `model` syncs the train state into the variables)
             update_masks(self._wrappers, self.step)
         self.step += 1
+        for wrapper in self._wrappers:
+            _host.write(wrapper.pruning_step, np.int32(self.step))
 
     def on_train_batch_end(self, batch, logs=None):
         if self._wrappers and not constraints_hold_masks():
-            self.model  # sync (JAX), so the re-zeroed weights feed the next step
+            self.model  # noqa: B018  (sync on JAX, so the re-zeroed weights feed the next step)
             self._apply_masks()
+        if self._in_step and self._wrappers and not self._checked:
+            self._check_counting()
 
     def on_epoch_end(self, epoch, logs=None):
         # Optimizers that overwrite weights outside the update (EMA) may have refilled zeros.
         if self._wrappers:
-            self.model
+            self.model  # noqa: B018  (sync on JAX)
             self._apply_masks()
+
+    def _check_counting(self):
+        """After the first batch: a forward pass not in training mode would prune nothing, silently."""
+        self._checked = True
+        self.model  # noqa: B018  (sync on JAX)
+        if int(_host.read(self._wrappers[0].pruning_step)) == self._start:
+            raise ValueError(
+                f"Model '{self.model.name}' trained a batch but its pruning layers were not called "
+                "in training mode, so no pruning step was counted. Call the model with "
+                "training=True in the train step (a custom call() must pass `training` on)."
+            )
 
     def on_train_end(self, logs=None):
         self.on_epoch_end(-1)
         for wrapper in self._wrappers:
+            self.step = max(self.step, int(_host.read(wrapper.pruning_step)))
             wrapper.driven = False
 
     def _apply_masks(self):
         for wrapper in self._wrappers:
             wrapper.apply_masks()
+
+
+def mask_groups(wrappers: list[PruneLowMagnitude]) -> list[MaskGroup]:
+    """One group per layer-scoped wrapper, one per schedule shared by globally-scoped ones."""
+    groups, global_members = [], defaultdict(list)
+    for wrapper in wrappers:
+        if wrapper.scope == "global":
+            global_members[repr(wrapper.pruning_schedule)].append(wrapper)
+        else:
+            groups.append(MaskGroup([wrapper]))
+    return groups + [MaskGroup(members) for members in global_members.values()]
+
+
+def _updates_in_step(model) -> bool:
+    """Whether masks update inside the train step; else between steps, which needs one step per batch.
+
+    Not inside the step where TensorFlow compiles it with XLA (no host calls), nor where the
+    model's ``call`` has no ``training`` argument (``fit`` then calls it in inference mode).
+    """
+    if not call_takes_training(model):
+        reason = (f"the call() of model '{model.name}' takes no `training` argument; add "
+                  "`training=None` to it and pass it on to the layers")
+    elif keras.backend.backend() == "tensorflow" and getattr(model, "jit_compile", False):
+        reason = "XLA (jit_compile=True) cannot call the host; compile with jit_compile=False"
+    else:
+        return True
+    if getattr(model, "steps_per_execution", 1) > 1:
+        raise ValueError(
+            f"Pruning cannot count steps_per_execution={model.steps_per_execution} steps per "
+            f"batch here: {reason}, or compile with steps_per_execution=1."
+        )
+    return False
 
 
 def weight_sparsities(wrapper: PruneLowMagnitude) -> list[tuple[str, float, float]]:

@@ -14,9 +14,12 @@ How the zeros are kept:
   weight negative; mask updates and the end of each epoch write +0.0 (see ``keep_masked``),
   which is what saved and stripped models hold.
 * On JAX, the compiled train step cannot read a mask that changes between steps from a
-  constraint, so ``UpdatePruningStep`` re-applies the masks after every batch instead.
+  constraint, so ``UpdatePruningStep`` re-applies the masks after every batch instead, and the
+  wrapped layer runs on its weights times their masks within a step.
 
-Masks change only on the schedule's update steps, driven by ``UpdatePruningStep``.
+Masks change only on the schedule's update steps. The step is counted inside the train step
+and the masks are recomputed there too (see :mod:`keras_prune._backend`), so
+``steps_per_execution``, gradient accumulation and custom loops prune exactly as a plain ``fit``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_prune import _host, criteria, masks, registry
+from keras_prune import _backend, _host, criteria, masks, registry
+from keras_prune._keras_compat import no_autocast
 from keras_prune._validation import check_choice
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
@@ -130,6 +134,8 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.scope = scope
         self.supports_masking = layer.supports_masking
         self.driven = False  # set by UpdatePruningStep; training without it is an error
+        self.updates_in_step = True  # else UpdatePruningStep counts and updates between steps
+        self.mask_group = MaskGroup([self])  # UpdatePruningStep groups globally-scoped wrappers
         self._masks: list = []
         self._thresholds: list = []
         if layer.built:
@@ -199,10 +205,15 @@ class PruneLowMagnitude(keras.layers.Wrapper):
                 "training loop call its on_train_begin() before the first step and "
                 "on_train_batch_begin(step) before each step (see the README)."
             )
-        if training:
-            # Counted inside the train step, so the saved step is exact even mid-epoch.
+        backend = _backend.current()
+        token = None
+        if training and self.updates_in_step:
+            # Counted and acted on inside the train step, so the step is exact however the
+            # steps are batched into executions, and a model saved mid-epoch resumes exactly.
+            with no_autocast():
+                token = backend.update_in_step(self, keras.ops.convert_to_tensor(self.pruning_step))
             self.pruning_step.assign_add(1)
-        return self.layer(inputs, *args, **kwargs)
+        return backend.call_layer(self, token, inputs, *args, training=training, **kwargs)
 
     def compute_mask(self, inputs, mask=None):
         return self.layer.compute_mask(inputs, mask)
@@ -212,6 +223,35 @@ class PruneLowMagnitude(keras.layers.Wrapper):
     def prunable_weights(self) -> list:
         """The wrapped layer's prunable variables, in the order of :meth:`masks`."""
         return registry.prunable_weights(self.layer)
+
+    @property
+    def mask_variables(self) -> list:
+        """The mask variables, one per prunable weight (1.0 keeps a weight)."""
+        return list(self._masks)
+
+    @property
+    def threshold_variables(self) -> list:
+        """The largest pruned magnitude per weight at the last update, as variables."""
+        return list(self._thresholds)
+
+    def host_update(self, step: int, values: list[np.ndarray]) -> list[np.ndarray]:
+        """New masks and thresholds at ``step`` for this wrapper's weights, computed on the host.
+
+        Args:
+            step: the training step whose update this is.
+            values: the current (masked) values of every weight of :attr:`mask_group`, in order.
+
+        Returns:
+            One 0/1 mask per prunable weight, then one threshold per prunable weight, in the
+            weights' dtypes.
+        """
+        group = self.mask_group
+        keep = group.keep_at(step, values)[group.members.index(self)]
+        start = group.offset(self)
+        own = values[start:start + len(keep)]
+        dtypes = [np.dtype(w.dtype) for w in self.prunable_weights()]
+        thresholds = [criteria.pruned_threshold(criteria.magnitude(v), k) for v, k in zip(own, keep)]
+        return [k.astype(d) for k, d in zip(keep, dtypes)] + [np.asarray(t, d) for t, d in zip(thresholds, dtypes)]
 
     def masks(self) -> list[np.ndarray]:
         """The current masks as boolean arrays (``True`` keeps a weight)."""
@@ -296,6 +336,44 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         if config.get("sparsity_m_by_n"):
             config["sparsity_m_by_n"] = tuple(config["sparsity_m_by_n"])
         return super().from_config(config, custom_objects=custom_objects)
+
+
+class MaskGroup:
+    """Wrappers whose masks are ranked together: one wrapper, or all that share a global scope.
+
+    The masks of an update step are computed once, by whichever member's forward pass comes
+    first, and handed to the others.
+    """
+
+    def __init__(self, members: list[PruneLowMagnitude]):
+        self.members = list(members)
+        self._step: int | None = None
+        self._keep: list[list[np.ndarray]] = []
+
+    def offset(self, wrapper: PruneLowMagnitude) -> int:
+        """Where ``wrapper``'s weights start in the group's list of weight values."""
+        index = self.members.index(wrapper)
+        return sum(len(m.prunable_weights()) for m in self.members[:index])
+
+    def keep_at(self, step: int, values: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Each member's boolean masks at ``step`` for the weight ``values`` of the whole group."""
+        if self._step != step:
+            self._keep = self._compute(step, values)
+            self._step = step
+        return self._keep
+
+    def _compute(self, step: int, values: list[np.ndarray]) -> list[list[np.ndarray]]:
+        first = self.members[0]
+        sparsity = first.pruning_schedule.sparsity_at(step)
+        if len(self.members) == 1 and first.scope != "global":
+            return [first.compute_masks(sparsity, first.scores(values))]
+        keep = masks.global_sparsity_masks([criteria.magnitude(v) for v in values], sparsity)
+        split = []
+        for member in self.members:
+            count = len(member.prunable_weights())
+            split.append(keep[:count])
+            keep = keep[count:]
+        return split
 
 
 def check_layer(layer: object) -> None:

@@ -1,0 +1,35 @@
+"""The few places where pruning differs per Keras backend: the mask update inside the train step.
+
+Each backend module has ``update_in_step(wrapper, step)``, run by the wrapper's forward pass in
+training before the wrapped layer is called, and ``call_layer(wrapper, *args, **kwargs)``,
+the forward pass itself. The update recomputes the masks on the host, with the same numpy code
+as everywhere else, but only when the schedule says so at ``step``; because it runs inside the
+compiled step, ``steps_per_execution``, gradient accumulation and custom loops give the masks
+of a plain ``fit``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import keras
+
+
+def current() -> ModuleType:
+    """The module for the active Keras backend (TensorFlow, JAX, or eager for the others)."""
+    name = keras.backend.backend()
+    return importlib.import_module(f"keras_prune._backend.{name if name in ('tensorflow', 'jax') else 'eager'}")
+
+
+INT32_MAX = 2**31 - 1  # the step counter is int32; later steps are never reached
+
+
+def is_update_step(schedule, step):
+    """The schedule's update rule as a tensor predicate of the int32 step tensor ``step``."""
+    ops = keras.ops
+    begin, frequency = min(schedule.begin_step, INT32_MAX), min(schedule.frequency, INT32_MAX)
+    due = ops.logical_and(ops.greater_equal(step, begin), ops.equal(ops.mod(step - begin, frequency), 0))
+    if schedule.end_step >= 0:
+        due = ops.logical_and(due, ops.less_equal(step, min(schedule.end_step, INT32_MAX)))
+    return due

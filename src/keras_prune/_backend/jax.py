@@ -1,0 +1,58 @@
+"""JAX: the mask update is a host callback inside ``lax.cond``; the forward pass uses masked weights.
+
+A JAX train step cannot assign trainable variables from inside the forward pass, so pruned
+positions are zeroed in the variables after each step by ``UpdatePruningStep``; within a step
+(and across the steps of one ``steps_per_execution``) the wrapped layer runs on its weights
+times their masks, and ranking reads the same masked values, so results do not depend on when
+the zeros reach the variables.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from keras_prune._backend import is_update_step
+from keras_prune._keras_compat import no_autocast, stateless_scope
+
+
+def update_in_step(wrapper, step):
+    """Recomputes ``wrapper``'s masks when its schedule updates at ``step``."""
+    # Masks are not differentiable: the callback sees values with their gradient stopped.
+    pairs = [(jax.lax.stop_gradient(w.value), m.value) for member in wrapper.mask_group.members
+             for w, m in zip(member.prunable_weights(), member.mask_variables)]
+    own = wrapper.prunable_weights()
+    state = [*wrapper.mask_variables, *wrapper.threshold_variables]
+    shapes = [jax.ShapeDtypeStruct(tuple(w.shape), w.dtype) for w in own]
+    shapes += [jax.ShapeDtypeStruct((), w.dtype) for w in own]
+
+    def host(s, *values):
+        results = wrapper.host_update(int(s), [np.asarray(v) for v in values])
+        return [np.asarray(r, dtype=spec.dtype).reshape(spec.shape) for r, spec in zip(results, shapes)]
+
+    def update(operands):
+        s, pairs = operands
+        return jax.pure_callback(host, shapes, s, *[w * m for w, m in pairs])
+
+    new = jax.lax.cond(is_update_step(wrapper.pruning_schedule, step), update,
+                       lambda operands: [v.value for v in state], (step, pairs))
+    for variable, value in zip(state, new):
+        variable.assign(value)
+
+
+def call_layer(wrapper, token, *args, training=None, **kwargs):
+    """The wrapped layer's forward pass; in a train step, on its weights times their masks."""
+    scope = stateless_scope()
+    if not training or scope is None:
+        return wrapper.layer(*args, **kwargs)
+    originals = {}
+    with no_autocast():
+        for weight, mask in zip(wrapper.prunable_weights(), wrapper.mask_variables):
+            value = scope.get_current_value(weight)
+            if value is not None:
+                originals[id(weight)] = value
+                scope.state_mapping[id(weight)] = value * mask.value
+    try:
+        return wrapper.layer(*args, **kwargs)
+    finally:
+        scope.state_mapping.update(originals)

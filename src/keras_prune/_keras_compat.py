@@ -1,0 +1,22 @@
+"""Every use of Keras internals in one place, so a Keras upgrade has one file to check."""
+
+from __future__ import annotations
+
+
+def stateless_scope():
+    """The active ``keras.StatelessScope`` (as in a JAX train step), or ``None``."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    return get_stateless_scope()
+
+
+def no_autocast():
+    """A context in which variables read as their own dtype, even inside a mixed-precision call."""
+    from keras.src.backend.common.variables import AutocastScope
+
+    return AutocastScope(None)
+
+
+def call_takes_training(model) -> bool:
+    """Whether ``fit`` passes ``training=True`` to ``model`` (its ``call`` has the argument)."""
+    return bool(getattr(model, "_call_has_training_arg", True))
