@@ -124,7 +124,7 @@ BAD_PRUNE_ARGUMENTS = [
     (["--pattern", "zigzag"], ["--pattern must be unstructured"]),
     (["--pattern", "2:4", "--sparsity", "0.5"], ["drop --sparsity"]),
     (["--sparsity", "0.5", "--include", "("], ["--include is not a valid regular expression"]),
-    (["--sparsity", "0.5", "--include", "nothing"], ["No prunable weights"]),
+    (["--sparsity", "0.5", "--include", "nothing"], ["--include matches no layer", "nothing"]),
     (["--sparsity", "0.5", "--scope", "global", "--pattern", "block:2x2"], ["scope='layer'"]),
 ]
 

@@ -136,7 +136,7 @@ BAD_ARGUMENTS = [
     ({"threshold": 0.1, "block_size": (2, 2)}, ValueError, "block_size"),
     ({"sparsity": 0.5, "layers": "("}, ValueError, "regular expression"),
     ({"sparsity": 0.5, "layers": 3}, TypeError, "layers=3"),
-    ({"sparsity": 0.5, "layers": "no_such_layer"}, ValueError, "No prunable weights"),
+    ({"sparsity": 0.5, "layers": "no_such_layer"}, ValueError, "layers='no_such_layer'"),
 ]
 
 

@@ -15,7 +15,15 @@ import keras
 from keras_prune._validation import check_int, check_sparsity
 from keras_prune.analysis.report import PruningReport, iter_layers, summarize
 from keras_prune.callbacks import UpdatePruningStep, collect_wrappers
-from keras_prune.oneshot import LayerFilter, _check_arguments, _matches, copy_model, magnitude_prune, select_weights
+from keras_prune.oneshot import (
+    LayerFilter,
+    _check_arguments,
+    _matches,
+    copy_model,
+    magnitude_prune,
+    pattern_warnings,
+    select_weights,
+)
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.registry import prunable_weights
 from keras_prune.schedules import ConstantSparsity
@@ -91,7 +99,13 @@ def iterative_prune(
         A :class:`PruningReport` of the final model (``report.model``), with one
         ``report.history`` entry per round: target and measured sparsity, and the
         validation metrics; ``report.settings`` records the dense model's metrics and
-        whether the budget stopped the run.
+        whether the budget stopped the run; ``report.warnings`` names the selected weights
+        ``block_size`` does not fit.
+
+    Raises:
+        ValueError: bad arguments, an uncompiled model, a model with nothing to prune, a
+            ``layers`` selection with no prunable layer, or a ``block_size`` that fits none of
+            the selected weights; raised before any training.
 
     Example:
         >>> import numpy as np
@@ -113,7 +127,8 @@ def iterative_prune(
     if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
         raise ValueError(f"Argument `max_drop` must be a number >= 0 or None. Received: max_drop={max_drop!r}")
     compile_config = _compile_config(model)
-    select_weights(model, layers)  # raises now for bad selections, before any training
+    # Raises now for bad selections and blocks that fit nothing, before any training.
+    notes = pattern_warnings(select_weights(model, layers), settings["block_size"])
 
     dense = _evaluate(model, validation_data, batch_size, verbose)
     _check_metric(metric, dense)
@@ -150,6 +165,7 @@ def iterative_prune(
         **{f"dense_{name}": value for name, value in dense.items()},
     }
     report.history = history
+    report.warnings = notes
     return report
 
 

@@ -214,6 +214,68 @@ def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int]) -> np.ndarray:
     return np.moveaxis(keep, -1, axis)
 
 
+def pattern_misfit(
+    shape: Sequence[int],
+    block_size: tuple[int, int] = (1, 1),
+    m_by_n: tuple[int, int] | None = None,
+) -> str | None:
+    """Why a validated pattern cannot prune a weight of ``shape`` as asked, or ``None`` if it can.
+
+    N:M needs at least N weights along the input axis (a shorter axis holds no group of N).
+    A block must fit the weight's 2-D view (see :func:`block_mask`); a larger block is cut
+    to the view, and a block larger than the whole view prunes all of the weight or none.
+
+    Example:
+        >>> pattern_misfit((3, 3, 1, 8), m_by_n=(2, 4))
+        'its input axis has 1 weight, fewer than N=4, so no group of 4 exists and it stays dense'
+        >>> pattern_misfit((16, 8), block_size=(4, 4)) is None
+        True
+    """
+    shape = tuple(int(d) for d in shape)
+    if m_by_n is not None:
+        return _m_by_n_misfit(shape, m_by_n)
+    if tuple(block_size) != (1, 1):
+        return _block_misfit(shape, block_size)
+    return None
+
+
+def _m_by_n_misfit(shape: tuple[int, ...], m_by_n: tuple[int, int]) -> str | None:
+    m, n = m_by_n
+    length = shape[-2] if len(shape) >= 2 else (shape[0] if shape else 1)
+    if length >= n:
+        return None
+    pruned = (m * length) // n  # what m_by_n_mask prunes in a short group
+    outcome = "it stays dense" if pruned == 0 else f"{pruned} of every {length} are pruned instead of {m}:{n}"
+    plural = "" if length == 1 else "s"
+    return f"its input axis has {length} weight{plural}, fewer than N={n}, so no group of {n} exists and {outcome}"
+
+
+def _block_misfit(shape: tuple[int, ...], block_size: tuple[int, int]) -> str | None:
+    rows, cols = matrix_shape(shape)
+    r, c = block_size
+    if r <= rows and c <= cols:
+        return None
+    if r >= rows and c >= cols:
+        return (
+            f"a {r}x{c} block covers its whole {rows}x{cols} 2-D view, so the weight is one block "
+            "and is pruned entirely or not at all"
+        )
+    return f"a {r}x{c} block does not fit its {rows}x{cols} 2-D view, so it is pruned in {min(r, rows)}x{min(c, cols)} blocks"
+
+
+def matrix_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """The shape of the 2-D view block patterns use: (all leading axes folded, last axis).
+
+    Example:
+        >>> matrix_shape((3, 3, 2, 8)), matrix_shape((5,))
+        ((18, 8), (1, 5))
+    """
+    shape = tuple(int(d) for d in shape)
+    if len(shape) <= 1:
+        return 1, (shape[0] if shape else 1)
+    return math.prod(shape[:-1]), shape[-1]
+
+
 def check_pattern(
     block_size: object = (1, 1),
     block_pooling_type: object = "AVG",

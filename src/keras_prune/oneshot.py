@@ -17,10 +17,22 @@ import keras
 import numpy as np
 
 from keras_prune._validation import check_choice, check_sparsity
-from keras_prune.analysis.report import PruningReport, iter_layers, summarize
+from keras_prune.analysis.report import (
+    LayerWarning,
+    PruningReport,
+    iter_layers,
+    summarize,
+)
 from keras_prune.criteria import magnitude
-from keras_prune.masks import check_pattern, global_sparsity_masks, pattern_mask, threshold_mask
-from keras_prune.registry import UnsupportedLayerError, prunable_weights
+from keras_prune.masks import (
+    check_pattern,
+    global_sparsity_masks,
+    matrix_shape,
+    pattern_mask,
+    pattern_misfit,
+    threshold_mask,
+)
+from keras_prune.registry import UnsupportedLayerError, has_rule, prunable_weights
 from keras_prune.wrapper import PruneLowMagnitude
 
 SCOPES = ("layer", "global")
@@ -59,10 +71,14 @@ def magnitude_prune(
 
     Returns:
         A :class:`PruningReport` of the pruned model; ``report.model`` is that model.
+        ``report.warnings`` names each selected weight the pattern does not fit (an N:M
+        input axis shorter than N, a block larger than the weight), which it could not
+        prune as asked.
 
     Raises:
-        ValueError: bad arguments, no prunable layer selected, non-finite weights, or a
-            custom layer that declares no prunable weights.
+        ValueError: bad arguments, a model with nothing to prune, a `layers` selection with
+            no prunable layer, a pattern that fits none of the selected weights, non-finite
+            weights, or a custom layer that declares no prunable weights.
 
     Example:
         >>> model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(10),
@@ -72,6 +88,7 @@ def magnitude_prune(
         0.8
     """
     settings = _check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n)
+    notes = pattern_warnings(select_weights(model, layers), settings["block_size"], settings["sparsity_m_by_n"])
     if not inplace:
         model = copy_model(model)
     plan = plan_masks(model, **settings)
@@ -81,7 +98,9 @@ def magnitude_prune(
     settings.update(method="magnitude", layers=sorted({path for path, _ in plan}))
     if callable(layers):
         settings["layer_filter"] = getattr(layers, "__name__", "callable")
-    return summarize(model, settings=settings)
+    report = summarize(model, settings=settings)
+    report.warnings = notes
+    return report
 
 
 def _check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n) -> dict:
@@ -158,10 +177,10 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
     """``(layer path, variable)`` for every prunable weight of the layers ``layer_filter`` picks.
 
     Raises:
-        ValueError: the model is not built, nothing is selected, or a selected custom layer
-            declares no prunable weights.
+        ValueError: the model is not built, it has nothing to prune, ``layer_filter`` picks
+            no layer with prunable weights, or a picked custom layer declares no prunable weights.
     """
-    if not model.built or not model.weights:
+    if not model.built:
         raise ValueError(
             f"Model '{model.name}' has no weights yet; build it first (call it on data or "
             "`model.build(input_shape)`)."
@@ -183,12 +202,132 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
             ) from None
         selected.extend((path, variable) for variable in variables)
     if not selected:
-        raise ValueError(
-            f"No prunable weights in the selected layers of model '{model.name}'. "
-            f"Received: layers={layer_filter!r}; check the pattern against the layer paths "
-            "(`keras-prune inspect MODEL` lists them)."
-        )
+        raise ValueError(_nothing_selected(model, layer_filter))
     return selected
+
+
+def prunable_paths(model: keras.Model) -> list[str]:
+    """Paths of the layers of ``model`` that a selection can pick for pruning.
+
+    These are the layers holding prunable weights (or, unbuilt, of a type that has them),
+    and custom layers holding weights they do not declare (which a selection must leave
+    out, see :class:`keras_prune.PrunableLayer`).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
+        ...                           keras.layers.Dense(2, name="out")])
+        >>> prunable_paths(model)
+        ['out']
+    """
+    paths = []
+    for path, layer in iter_layers(model):
+        if isinstance(layer, PruneLowMagnitude):
+            layer = layer.layer
+        try:
+            prunable = prunable_weights(layer) if layer.built else has_rule(layer)
+        except UnsupportedLayerError:
+            prunable = True
+        if prunable:
+            paths.append(path)
+    return paths
+
+
+def ensure_prunable(model: keras.Model) -> list[str]:
+    """:func:`prunable_paths` of ``model``; raises if there are none.
+
+    Raises:
+        ValueError: no layer of ``model`` holds prunable weights.
+    """
+    paths = prunable_paths(model)
+    if not paths:
+        kinds = sorted({type(layer).__name__ for _, layer in iter_layers(model)})
+        raise ValueError(
+            f"Model '{model.name}' has nothing to prune: none of its layers ({', '.join(kinds) or 'none'}) "
+            "holds prunable weights. keras-prune prunes Dense, Conv, Embedding, RNN and attention "
+            "layers, and custom layers that subclass keras_prune.PrunableLayer."
+        )
+    return paths
+
+
+def _nothing_selected(model: keras.Model, layer_filter: LayerFilter) -> str:
+    candidates = ensure_prunable(model)
+    return (
+        f"Argument `layers` selects none of the layers with prunable weights of model '{model.name}' "
+        f"({list_paths(candidates)}). Received: layers={layer_filter!r}; pass a regular expression "
+        "found in these paths, a callable returning True for the layers to prune, or None for all "
+        "(`keras-prune inspect MODEL` lists the paths)."
+    )
+
+
+def list_paths(paths: list[str], limit: int = 8) -> str:
+    """``"a, b, c"``, or the first ``limit`` paths and how many more."""
+    shown = ", ".join(paths[:limit])
+    return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
+
+
+def pattern_warnings(
+    selected: list[tuple[str, object]],
+    block_size: tuple[int, int] = (1, 1),
+    sparsity_m_by_n: tuple[int, int] | None = None,
+    *,
+    require_fit: bool = True,
+) -> list[LayerWarning]:
+    """One warning per selected weight the pattern does not fit; raises if it fits none.
+
+    Args:
+        selected: ``(layer path, variable)`` pairs, as :func:`select_weights` returns.
+        block_size: a validated block size (see :func:`keras_prune.masks.check_pattern`).
+        sparsity_m_by_n: a validated ``(m, n)``, or ``None``.
+        require_fit: raise when the pattern fits none of ``selected``; ``False`` when more
+            weights, not known yet, will be pruned too.
+
+    Raises:
+        ValueError: the pattern fits none of the selected weights, so it would not prune
+            any of them as asked.
+    """
+    misfits = []
+    for path, variable in selected:
+        reason = pattern_misfit(tuple(variable.shape), block_size, sparsity_m_by_n)
+        if reason is not None:
+            misfits.append((path, variable, reason))
+    if require_fit and misfits and len(misfits) == len(selected):
+        raise ValueError(_no_fit_message(misfits, selected, block_size, sparsity_m_by_n))
+    label = _pattern_label(block_size, sparsity_m_by_n)
+    return [
+        LayerWarning(path, f"{label} does not fit its {_weight_name(variable)}: {reason}")
+        for path, variable, reason in misfits
+    ]
+
+
+def _pattern_label(block_size, sparsity_m_by_n) -> str:
+    if sparsity_m_by_n is not None:
+        return f"the {sparsity_m_by_n[0]}:{sparsity_m_by_n[1]} pattern"
+    return f"the {block_size[0]}x{block_size[1]} block pattern"
+
+
+def _weight_name(variable) -> str:
+    return f"{variable.name} {tuple(variable.shape)}"
+
+
+def _no_fit_message(misfits, selected, block_size, sparsity_m_by_n) -> str:
+    path, variable, reason = misfits[0]
+    others = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
+    found = f"layer '{path}' {_weight_name(variable)}: {reason}{others}"
+    if sparsity_m_by_n is not None:
+        m, n = sparsity_m_by_n
+        return (
+            f"Argument `sparsity_m_by_n` fits none of the selected weights, so none would be "
+            f"pruned {m}:{n}: {found}. Select layers with at least {n} weights along the input axis "
+            f"(argument `layers`, CLI --include/--exclude), or prune unstructured. "
+            f"Received: sparsity_m_by_n={tuple(sparsity_m_by_n)!r}"
+        )
+    views = [matrix_shape(v.shape) for _, v in selected]
+    fitting = (min(block_size[0], min(r for r, _ in views)), min(block_size[1], min(c for _, c in views)))
+    return (
+        f"Argument `block_size` fits none of the selected weights: {found}. Use a block that fits "
+        f"their 2-D views (leading axes folded into rows), such as block_size={fitting!r} "
+        f"(CLI: --pattern block:{fitting[0]}x{fitting[1]}). Received: block_size={tuple(block_size)!r}"
+    )
 
 
 def _matches(layer_filter: LayerFilter, layer, path: str) -> bool:
@@ -215,9 +354,11 @@ def plan_masks(
         ``{(layer path, variable path): (variable, keep mask)}`` in model order.
 
     Raises:
-        ValueError: see :func:`select_weights`, or a selected weight is NaN or infinite.
+        ValueError: see :func:`select_weights` and :func:`pattern_warnings`, or a selected
+            weight is NaN or infinite.
     """
     selected = select_weights(model, layer_filter)
+    pattern_warnings(selected, block_size, sparsity_m_by_n)  # raises if the pattern fits nothing
     values = []
     for path, variable in selected:
         array = np.asarray(keras.ops.convert_to_numpy(variable))

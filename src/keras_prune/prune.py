@@ -7,6 +7,7 @@ sub-layers are swapped for wrappers in place, after every check has passed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import keras
@@ -14,8 +15,14 @@ from keras.src.models.functional import Functional  # Keras exports no public ty
 
 from keras_prune import masks, registry
 from keras_prune.callbacks import collect_wrappers
+from keras_prune.oneshot import ensure_prunable, list_paths, pattern_warnings
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
-from keras_prune.wrapper import PruneLowMagnitude, check_layer, check_schedule, check_scope
+from keras_prune.wrapper import (
+    PruneLowMagnitude,
+    check_layer,
+    check_schedule,
+    check_scope,
+)
 
 
 class PruningPolicy:
@@ -173,11 +180,15 @@ def prune_low_magnitude(
         **kwargs: passed to each :class:`PruneLowMagnitude` wrapper.
 
     Returns:
-        The pruning-ready layer, list of layers, or model.
+        The pruning-ready layer, list of layers, or model. A ``UserWarning`` names each built
+        layer whose weights the pattern does not fit (an N:M input axis shorter than N, a
+        block larger than the weight), which will not be pruned as asked.
 
     Raises:
-        TypeError, ValueError: bad arguments, an already pruned model, or a layer that cannot be
-            pruned; raised before anything changes.
+        TypeError, ValueError: bad arguments, an already pruned model, a layer that cannot be
+            pruned, a model with nothing to prune, a ``pruning_policy`` that allows no
+            prunable layer, or a pattern that fits none of the (built) layers to prune;
+            raised before anything changes.
 
     Example:
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -203,6 +214,7 @@ def prune_low_magnitude(
     if isinstance(to_prune, (list, tuple)):
         for layer in to_prune:
             check_layer(layer)
+        _check_pattern_fit([(layer.name, layer) for layer in to_prune], block, m_by_n)
         return [wrap(layer) for layer in to_prune]
     if not isinstance(to_prune, keras.Model):
         if not isinstance(to_prune, keras.layers.Layer):
@@ -211,6 +223,7 @@ def prune_low_magnitude(
                 f"Received: to_prune={to_prune!r}"
             )
         check_layer(to_prune)
+        _check_pattern_fit([(to_prune.name, to_prune)], block, m_by_n)
         return wrap(to_prune)
     if collect_wrappers(to_prune):
         raise ValueError(
@@ -221,6 +234,7 @@ def prune_low_magnitude(
         pruning_policy.ensure_model_supports_pruning(to_prune)
     if _is_clonable(to_prune):
         _check_all(to_prune, wants)
+        _check_targets(to_prune, list(_clonable_targets(to_prune, wants)), pruning_policy, block, m_by_n)
         return transform_layers(to_prune, lambda layer: wrap(_copy_layer(layer)), wants)
     if not to_prune.built:
         raise ValueError(
@@ -228,6 +242,7 @@ def prune_low_magnitude(
             "batch of data (or model.build(input_shape)) first."
         )
     plan = _plan_in_place(to_prune, wants, [])
+    _check_targets(to_prune, [(layer.name, layer) for _, _, _, layer in plan], pruning_policy, block, m_by_n)
     wrappers = [wrap(layer) for _, _, _, layer in plan]  # may raise; nothing swapped yet
     for (container, holder, key, layer), wrapper in zip(plan, wrappers):
         _swap(container, holder, key, layer, wrapper)
@@ -239,6 +254,50 @@ def _check_all(model: keras.Model, wants) -> None:
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model):
             wants(layer)
+
+
+def _clonable_targets(model: keras.Model, wants, prefix: str = ""):
+    """``(path, layer)`` for each layer :func:`transform_layers` will wrap, in model order."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.Model) and _is_clonable(layer):
+            yield from _clonable_targets(layer, wants, prefix=f"{path}/")
+        elif wants(layer):
+            yield path, layer
+
+
+def _check_targets(model: keras.Model, targets: list, policy: PruningPolicy | None, block, m_by_n) -> None:
+    """Raises unless something will be wrapped and the pattern fits it; warns where it does not."""
+    if not targets:
+        candidates = list_paths(ensure_prunable(model))  # raises: the model has nothing to prune
+        if policy is None:
+            raise ValueError(
+                f"None of the layers with prunable weights of model '{model.name}' ({candidates}) "
+                "can be wrapped: they sit in a subclassed model nested in it. Pass that nested "
+                "model to prune_low_magnitude() instead."
+            )
+        raise ValueError(
+            f"Argument `pruning_policy` allows none of the layers with prunable weights of model "
+            f"'{model.name}' ({candidates}), so nothing would be pruned. "
+            f"Received: pruning_policy={policy!r}; make its `allow_pruning(layer)` return True "
+            "for the layers to prune."
+        )
+    _check_pattern_fit(targets, block, m_by_n, stacklevel=4)
+
+
+def _check_pattern_fit(targets: list, block, m_by_n, stacklevel: int = 3) -> None:
+    """Warns for each built layer whose weights the pattern does not fit; raises if it fits none.
+
+    Unbuilt layers get their weights' shapes only later, so they are not checked here, and
+    while some are unbuilt a pattern that fits none of the built ones only warns.
+    """
+    if tuple(block) == (1, 1) and m_by_n is None:
+        return
+    built = [(path, layer) for path, layer in targets if layer.built]
+    selected = [(path, weight) for path, layer in built for weight in registry.prunable_weights(layer)]
+    notes = pattern_warnings(selected, block, m_by_n, require_fit=len(built) == len(targets))
+    for note in notes:
+        warnings.warn(f"Layer '{note.layer}': {note.message}.", UserWarning, stacklevel=stacklevel)
 
 
 def strip_pruning(model):

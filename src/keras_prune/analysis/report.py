@@ -54,6 +54,23 @@ class LayerSummary:
     compressed_bytes: int
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerWarning:
+    """Something a pruning run could not do as asked for one layer, kept in its report.
+
+    Attributes:
+        layer: the layer's path, as in :class:`LayerSummary`.
+        message: what happened to the layer and why (for example a pattern that does not
+            fit its weights).
+    """
+
+    layer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.layer}: {self.message}"
+
+
 @dataclasses.dataclass
 class PruningReport:
     """Per-layer statistics of a model, the settings that produced it, and the model.
@@ -62,6 +79,8 @@ class PruningReport:
         layers: one :class:`LayerSummary` per layer that holds weights.
         settings: what was asked (method, sparsity or threshold, scope, pattern, ...).
         history: per-round records of an iterative run (sparsity, metrics).
+        warnings: one :class:`LayerWarning` per layer the run could not prune as asked
+            (printed under the table).
         model: the model the report describes (not serialized).
 
     Example:
@@ -73,6 +92,7 @@ class PruningReport:
     layers: list[LayerSummary]
     settings: dict = dataclasses.field(default_factory=dict)
     history: list[dict] = dataclasses.field(default_factory=list)
+    warnings: list[LayerWarning] = dataclasses.field(default_factory=list)
     model: keras.Model | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -94,12 +114,13 @@ class PruningReport:
         raise KeyError(f"No layer '{path}' in this report; known: {[r.path for r in self.layers]}")
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: ``layers``, ``totals``, ``settings`` and ``history``."""
+        """A JSON-ready dict: ``layers``, ``totals``, ``settings``, ``history`` and ``warnings``."""
         return {
             "layers": [dataclasses.asdict(row) for row in self.layers],
             "totals": self.totals,
             "settings": dict(self.settings),
             "history": list(self.history),
+            "warnings": [dataclasses.asdict(warning) for warning in self.warnings],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -140,16 +161,23 @@ class PruningReport:
         return table
 
     def print(self, console=None, title: str | None = None) -> None:
-        """Prints the table to ``console`` (a ``rich.console.Console``; stdout by default)."""
+        """Prints the table, then any warnings, to ``console`` (a ``rich.console.Console``; stdout by default)."""
         from rich.console import Console
 
-        (console or Console()).print(self.to_table(title))
+        console = console or Console()
+        console.print(self.to_table(title))
+        for line in self.warning_lines():
+            console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
+
+    def warning_lines(self) -> list[str]:
+        """One ``"warning: <layer>: <message>"`` line per warning."""
+        return [f"warning: {warning}" for warning in self.warnings]
 
     def __str__(self) -> str:
         from rich.console import Console
 
         console = Console(width=140, record=True, file=_Null())
-        console.print(self.to_table())
+        self.print(console)
         return console.export_text()
 
 

@@ -86,25 +86,61 @@ def parse_pattern(text: str) -> dict:
 
 
 def layer_filter(model, include: str | None, exclude: str | None):
-    """A ``layer -> bool`` filter from --include/--exclude regexes on layer paths, or None."""
+    """A ``layer -> bool`` filter from --include/--exclude regexes on layer paths, or None.
+
+    Each given regex must match a layer that holds prunable weights, and together they must
+    leave at least one: a flag that selects nothing is an error, not a silent no-op.
+    """
     from keras_prune.analysis.report import iter_layers
+    from keras_prune.oneshot import prunable_paths
 
     if include is None and exclude is None:
         return None
-    patterns = {}
-    for flag, text in (("--include", include), ("--exclude", exclude)):
-        try:
-            patterns[flag] = re.compile(text) if text is not None else None
-        except re.error as error:
-            raise CLIError(f"{flag} is not a valid regular expression ({error}). Received: {flag} {text}") from None
+    inc, exc = _compile("--include", include), _compile("--exclude", exclude)
+
+    def path_wanted(path: str) -> bool:
+        return (inc is None or inc.search(path) is not None) and (exc is None or exc.search(path) is None)
+
+    candidates = prunable_paths(model)
+    if candidates:  # else the API names the real problem: the model has nothing to prune
+        _check_selection(candidates, include, inc, exclude, exc, path_wanted)
     paths = {id(layer): path for path, layer in iter_layers(model)}
 
     def wanted(layer) -> bool:
-        path = paths[id(layer)]
-        inc, exc = patterns["--include"], patterns["--exclude"]
-        return (inc is None or inc.search(path) is not None) and (exc is None or exc.search(path) is None)
+        path = paths.get(id(layer))  # sub-layers of a layer are pruned (or not) with it
+        return path is not None and path_wanted(path)
 
     return wanted
+
+
+def _compile(flag: str, text: str | None):
+    if text is None:
+        return None
+    try:
+        return re.compile(text)
+    except re.error as error:
+        raise CLIError(f"{flag} is not a valid regular expression ({error}). Received: {flag} {text}") from None
+
+
+def _check_selection(candidates: list[str], include, inc, exclude, exc, path_wanted) -> None:
+    """Raises if a flag matches no prunable layer, or the two together leave none."""
+    from keras_prune.oneshot import list_paths
+
+    listing = f"layers with prunable weights: {list_paths(candidates)} (`keras-prune inspect MODEL` lists them)"
+    for flag, text, pattern, effect in (
+        ("--include", include, inc, "would select nothing"),
+        ("--exclude", exclude, exc, "would leave out nothing"),
+    ):
+        if pattern is not None and not any(pattern.search(path) for path in candidates):
+            raise CLIError(
+                f"{flag} matches no layer with prunable weights, so it {effect}; fix the regex or "
+                f"drop {flag}. Received: {flag} {text}; {listing}."
+            )
+    if not any(path_wanted(path) for path in candidates):
+        raise CLIError(
+            "--include and --exclude together leave no layer to prune; narrow --exclude. "
+            f"Received: --include {include} --exclude {exclude}; {listing}."
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         layers=layer_filter(model, args.include, args.exclude),
         **pattern,
     )
-    report.settings.update(model=args.model, output=args.output)
+    report.settings.update(model=args.model, output=args.output, include=args.include, exclude=args.exclude)
     save(model, args)
     if args.report:
         atomic_write(args.report, lambda tmp: Path(tmp).write_text(report.to_json() + "\n"))
