@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -65,7 +67,9 @@ def load_model(
             f"Model file '{path}' has an unknown extension; expected one of "
             f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX, SPARSE_SUFFIX))}."
         )
-    with _load_errors(path):
+    with _load_errors(path), warnings.catch_warnings():
+        # Files saved without optimizer state (save_model's default) get a fresh optimizer.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         return keras.saving.load_model(path, safe_mode=safe_mode)
 
 
@@ -75,7 +79,7 @@ def _load_sparse(path: Path, safe_mode: bool) -> keras.Model:
     try:
         return load_sparse(path, safe_mode=safe_mode)
     except ValueError as error:
-        raise ModelFileError(f"Cannot load '{path}': {_first_line(error)}") from error
+        raise ModelFileError(f"Cannot load '{path}': {_reason(error)}") from error
 
 
 def _check_input(path: str | os.PathLike, what: str) -> Path:
@@ -101,14 +105,17 @@ def _load_json(path: Path, weights: Path, safe_mode: bool) -> keras.Model:
         model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
         if not isinstance(model, keras.Model):
             raise ModelFileError(f"'{path}' describes a {type(model).__name__}, not a model.")
-    with _load_errors(weights):
+    with _load_errors(weights, architecture=path):
         model.load_weights(weights)
     return model
 
 
 @contextlib.contextmanager
-def _load_errors(path: Path):
-    """Turns the many error types of Keras, h5py and zipfile into one clear ModelFileError."""
+def _load_errors(path: Path, *, architecture: Path | None = None):
+    """Turns the many error types of Keras, h5py and zipfile into one clear ModelFileError.
+
+    ``architecture`` is set when ``path`` is a weights file loaded into that architecture.
+    """
     try:
         yield
     except ModelFileError:
@@ -121,8 +128,13 @@ def _load_errors(path: Path):
                 "mode refuses to run. Load it with safe_mode=False (CLI: --unsafe) only if "
                 "you trust the file."
             ) from error
+        if architecture is not None:
+            raise ModelFileError(
+                f"Cannot load weights '{path}' into the architecture '{architecture}' "
+                f"({_reason(error)}); check that the weights were saved from this architecture."
+            ) from error
         raise ModelFileError(
-            f"Cannot load '{path}' as a Keras model ({_first_line(error)}); check that the "
+            f"Cannot load '{path}' as a Keras model ({_reason(error)}); check that the "
             "file is complete and was saved by Keras."
         ) from error
 
@@ -194,12 +206,122 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def save_model(model: keras.Model, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Saves ``model`` atomically; refuses to replace an existing file unless ``overwrite``."""
-    check_output_path(path, overwrite=overwrite, suffixes=MODEL_SUFFIXES)
-    return atomic_write(path, lambda tmp: model.save(tmp))
+def save_model(
+    model: keras.Model,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    include_optimizer: bool = False,
+) -> Path:
+    """Saves ``model`` atomically; refuses to replace an existing file unless ``overwrite``.
+
+    The file keeps the compile settings (loss, metrics, optimizer class and its settings), so
+    the loaded model is compiled as before, but not the optimizer's state (Adam's moments and
+    the like, often twice the size of the weights) unless ``include_optimizer``: a model file
+    to ship or to measure, not a checkpoint to resume training from.
+
+    Args:
+        model: the model to save.
+        path: a ``.keras`` (or legacy ``.h5``) file; written to a temporary file in the same
+            folder, then renamed into place, so a failure leaves nothing behind.
+        overwrite: replace ``path`` if it exists.
+        include_optimizer: also save the optimizer's variables.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> save_model(model, "pruned.keras")  # doctest: +SKIP
+        PosixPath('pruned.keras')
+    """
+    path = check_output_path(path, overwrite=overwrite, suffixes=MODEL_SUFFIXES)
+    return atomic_write(path, lambda tmp: write_model(model, tmp, include_optimizer=include_optimizer))
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+def write_model(model: keras.Model, path: str | os.PathLike, *, include_optimizer: bool = False) -> None:
+    """``model.save(path)``, without the optimizer's state unless ``include_optimizer``.
+
+    No checks and no temporary file: :func:`save_model` adds those.
+    """
+    if include_optimizer:
+        model.save(path)
+        return
+    with optimizer_state_detached(model):
+        model.save(path)
+
+
+@contextlib.contextmanager
+def optimizer_state_detached(model: keras.Model):
+    """Within the block, ``model.optimizer`` is a fresh, unbuilt copy of itself (same class and
+    settings, no variables beyond the step counter and learning rate), so saving writes the
+    compile settings without the optimizer's state. The optimizer is put back afterwards.
+
+    Keras saves every attribute that holds state, the optimizer included; an unbuilt copy is
+    what a model compiled but never trained carries, and loads the same way.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "built", False):
+        yield
+        return
+    try:
+        fresh = optimizer.__class__.from_config(optimizer.get_config())
+    except (TypeError, ValueError, KeyError, NotImplementedError) as error:  # a config that does not round-trip
+        warnings.warn(
+            f"The optimizer {type(optimizer).__name__} cannot be copied from its config "
+            f"({error_summary(error)}), so its state is saved with the model.",
+            stacklevel=3,
+        )
+        yield
+        return
+    model.optimizer = fresh
+    try:
+        yield
+    finally:
+        model.optimizer = optimizer
+
+
+# Lines of an error message that are a traceback, not a reason (TensorFlow puts the stack of
+# the failing op inside its messages), and the object dumps Keras appends to its reasons.
+_NOISE = re.compile(r'^(File "|Traceback |\[\[|\[Op:|.*\(most recent call last\):$)')
+_DUMP = re.compile(r"\s*(Full object config:|Target variable:|config=\{).*$")
+
+
+def error_summary(error: BaseException, limit: int = 300) -> str:
+    r"""The informative start of ``error``'s message on one line, at most ``limit`` characters.
+
+    A first line that only announces details ("... for object <Dense name=d>:") is joined with
+    the next one; traceback-like lines (``File "..."``, TensorFlow's op stacks) and the object
+    dumps Keras appends ("Full object config: {...}") are dropped.
+
+    Example:
+        >>> error_summary(ValueError("2 objects could not be loaded:\n\nshape (4, 3) != (4, 5)"))
+        '2 objects could not be loaded: shape (4, 3) != (4, 5)'
+    """
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()]
+    lines = [line for line in lines if line and not _NOISE.match(line)]
+    if not lines:
+        return type(error).__name__
+    text = lines[0]
+    for line in lines[1:3]:
+        if not text.endswith(":"):
+            break
+        text = f"{text} {line}"
+    text = _DUMP.sub("", text) or text
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def innermost_error(error: BaseException) -> BaseException:
+    """The last exception of ``error``'s ``__cause__`` / ``__context__`` chain: the reason a
+    generic wrapper ("could not be deserialized properly") hides."""
+    seen = {id(error)}
+    while True:
+        nxt = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if nxt is None or id(nxt) in seen:
+            return error
+        seen.add(id(nxt))
+        error = nxt
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, from the innermost error of the chain when there is one."""
+    return error_summary(innermost_error(error))

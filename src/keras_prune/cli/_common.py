@@ -27,12 +27,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
-    """-o/--output and --overwrite."""
+    """-o/--output, --overwrite and --keep-optimizer."""
     parser.add_argument(
         "-o", "--output", required=True, metavar="OUT",
         help="where to write the model (.keras or .h5); never the input file",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--keep-optimizer", action="store_true",
+        help="also save the optimizer's state (by default OUT keeps the compile settings but "
+        "not the optimizer's variables, which can be twice the size of the weights)",
+    )
 
 
 def check_output(args: argparse.Namespace, suffixes: tuple[str, ...] = OUTPUT_SUFFIXES):
@@ -45,22 +50,19 @@ def check_output(args: argparse.Namespace, suffixes: tuple[str, ...] = OUTPUT_SU
 
 def load(args: argparse.Namespace):
     """Loads MODEL; importing keras_prune first registers its serializable classes."""
-    import warnings
-
     import keras_prune  # noqa: F401  (registers PruneLowMagnitude and the schedules)
     from keras_prune.io import load_model
 
-    with warnings.catch_warnings():
-        # Optimizer slots are not restored before the first step; this is expected here.
-        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return load_model(args.model, weights=args.weights, safe_mode=not args.unsafe)
+    return load_model(args.model, weights=args.weights, safe_mode=not args.unsafe)
 
 
 def save(model, args: argparse.Namespace) -> None:
-    """Writes ``model`` to OUT atomically (a temporary file, then a rename)."""
-    from keras_prune.io import atomic_write
+    """Writes ``model`` to OUT atomically (a temporary file, then a rename), with its compile
+    settings but without the optimizer's state unless --keep-optimizer."""
+    from keras_prune.io import save_model
 
-    atomic_write(args.output, lambda tmp: model.save(tmp))
+    keep = getattr(args, "keep_optimizer", False)
+    save_model(model, args.output, overwrite=args.overwrite, include_optimizer=keep)
 
 
 def fraction(flag: str, text: str | None) -> float | None:

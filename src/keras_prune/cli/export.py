@@ -8,6 +8,7 @@ from keras_prune.cli import CLIError
 from keras_prune.cli._common import add_model_arguments, check_output, load
 
 SUFFIXES = {"sparse": ".kpsparse", "litert": ".tflite"}
+SAMPLES = 8  # random inputs the exported file's outputs are compared on
 DESCRIPTION = """\
 Write MODEL (pruning wrappers are stripped first) in a format where pruned weights cost
 almost nothing on disk, then load the result back and report the largest difference between
@@ -15,9 +16,11 @@ its outputs and Keras's on random sample inputs.
 
   sparse  the keras-prune .kpsparse file: architecture + per-tensor sparse encodings,
           compressed; `--values float32` is lossless. Every keras-prune command reads it.
-  litert  a LiteRT (.tflite) flatbuffer converted with the sparsity optimization.
+  litert  a LiteRT (.tflite) flatbuffer converted with the sparsity optimization; a
+          mixed-precision model is converted as float32 (LiteRT's kernels run float32).
 
-The format defaults to the one OUT's extension names (.kpsparse or .tflite)."""
+The format defaults to the one OUT's extension names (.kpsparse or .tflite). OUT appears only
+once the file is written and checked; if anything fails, no file is left behind."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +54,7 @@ def output_format(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    import numpy as np
+    from keras_prune.io import atomic_write
 
     name = output_format(args)
     if name == "litert" and args.values != "float32":
@@ -59,35 +62,70 @@ def run(args: argparse.Namespace) -> int:
     check_output(args, suffixes=(SUFFIXES[name],))
     model = load(args)
     inputs = sample_inputs(model)
-    if name == "sparse":
-        from keras_prune import export_sparse, load_sparse
-
-        export_sparse(model, args.output, values=args.values, overwrite=args.overwrite)
-        loaded = load_sparse(args.output, safe_mode=not args.unsafe)
-        expected = np.asarray(model(inputs, training=False))
-        diff = float(np.max(np.abs(np.asarray(loaded(inputs, training=False)) - expected)))
-    else:
-        from pathlib import Path
-
-        from keras_prune.export.litert import export_litert, litert_max_abs_diff
-
-        export_litert(model, args.output, overwrite=args.overwrite)
-        diff = litert_max_abs_diff(model, Path(args.output).read_bytes(), inputs)
+    write = write_sparse if name == "sparse" else write_litert
+    diffs = []
+    # Written and checked under a temporary name: OUT appears only once it loads and matches.
+    atomic_write(args.output, lambda tmp: diffs.append(write(model, tmp, inputs, args)))
     before, after = os.path.getsize(args.model), os.path.getsize(args.output)
     print(
         f"{args.output}: {after:,} bytes ({after / before:.3f}x of {args.model}, {before:,} bytes); "
-        f"max |output difference| on {len(inputs)} random inputs: {diff:.3g}"
+        f"max |output difference| on {SAMPLES} random inputs: {diffs[0]:.3g}"
     )
     return 0
 
 
-def sample_inputs(model, batch: int = 8, seed: int = 0):
-    """Uniform [0, 1) inputs of the model's (single) input shape, for output comparisons."""
+def write_sparse(model, path: str, inputs, args: argparse.Namespace) -> float:
+    """Writes the .kpsparse file, loads it back; returns the largest output difference."""
+    from keras_prune import export_sparse, load_sparse
+
+    export_sparse(model, path, values=args.values, overwrite=True)
+    loaded = load_sparse(path, safe_mode=not args.unsafe)
+    return max_abs_diff(predict(model, inputs), predict(loaded, inputs))
+
+
+def write_litert(model, path: str, inputs, args: argparse.Namespace) -> float:
+    """Writes the LiteRT file; returns the largest difference of its outputs from Keras's."""
+    from pathlib import Path
+
+    from keras_prune.export.litert import convert_litert, litert_max_abs_diff
+
+    content = convert_litert(model)
+    Path(path).write_bytes(content)
+    return litert_max_abs_diff(model, content, inputs)
+
+
+def predict(model, inputs) -> list:
+    """Every output of ``model`` on ``inputs`` as numpy arrays (one per output)."""
+    import keras
+
+    return [keras.ops.convert_to_numpy(o) for o in keras.tree.flatten(model(inputs, training=False))]
+
+
+def max_abs_diff(expected: list, actual: list) -> float:
     import numpy as np
 
-    if len(model.inputs) != 1:
-        raise CLIError(f"export compares outputs of single-input models; this one has {len(model.inputs)} inputs.")
-    shape = tuple(model.inputs[0].shape)[1:]
-    if any(d is None for d in shape):
-        raise CLIError(f"export needs a fixed input shape to make sample inputs; the model's is {shape}.")
-    return np.random.default_rng(seed).random((batch, *shape)).astype("float32")
+    return max(float(np.max(np.abs(np.asarray(a, "float64") - np.asarray(e, "float64")), initial=0.0))
+               for e, a in zip(expected, actual, strict=True))
+
+
+def sample_inputs(model, batch: int = SAMPLES, seed: int = 0):
+    """Inputs for output comparisons: uniform [0, 1) floats (zeros for integer inputs) of the
+    model's input shapes; one array, or a list for a model with several inputs."""
+    import numpy as np
+
+    try:
+        tensors = list(model.inputs)
+    except (AttributeError, TypeError, ValueError):  # a subclassed model has no declared inputs
+        raise CLIError("export compares outputs on sample inputs, so it needs a model with declared "
+                       "inputs (Sequential or functional).") from None
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for tensor in tensors:
+        shape = tuple(tensor.shape)[1:]
+        if any(d is None for d in shape):
+            raise CLIError(f"export needs fixed input shapes to make sample inputs; input "
+                           f"'{tensor.name}' has shape {shape}.")
+        dtype = np.dtype(str(tensor.dtype))
+        values = rng.random((batch, *shape)) if dtype.kind == "f" else np.zeros((batch, *shape))
+        arrays.append(values.astype(dtype))
+    return arrays[0] if len(arrays) == 1 else arrays

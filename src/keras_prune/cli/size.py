@@ -10,7 +10,8 @@ DESCRIPTION = """\
 Write MODEL in every format into a temporary folder and print a table of their sizes: the
 .keras file (no optimizer state), the same gzipped (level 9), the keras-prune sparse format
 (.kpsparse) with float32 (lossless), float16 and int8 kernel values, and LiteRT (.tflite) with
-the sparsity optimization. Pruning wrappers are stripped first."""
+the sparsity optimization. Pruning wrappers are stripped first. If the LiteRT conversion fails
+(or the backend is not TensorFlow), its row is left out and a note on stderr says why."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +30,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    import keras
     from rich.console import Console
     from rich.table import Table
 
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from keras_prune.export.sizes import FORMATS, file_sizes
 
     model = load(args)
-    sizes = file_sizes(model, litert=not args.no_litert and keras.backend.backend() == "tensorflow")
+    sizes = file_sizes(model, litert=False)
+    if not args.no_litert:
+        sizes.update(litert_size(model))
     if args.json:
         print(json.dumps(sizes, indent=2))
         return 0
@@ -49,3 +51,23 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(FORMATS[key], f"{size:,}", f"{size / sizes['keras']:.3f}")
     Console(width=100).print(table)
     return 0
+
+
+def litert_size(model) -> dict[str, int]:
+    """{"litert": bytes}, or {} with a one-line note on stderr when LiteRT cannot convert it."""
+    import sys
+
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        print(f"note: no LiteRT row: LiteRT conversion needs the TensorFlow backend "
+              f"(KERAS_BACKEND={keras.backend.backend()}).", file=sys.stderr)
+        return {}
+    from keras_prune.export.litert import convert_litert
+    from keras_prune.io import error_summary
+
+    try:
+        return {"litert": len(convert_litert(model))}
+    except ValueError as error:
+        print(f"note: no LiteRT row: {error_summary(error)}", file=sys.stderr)
+        return {}

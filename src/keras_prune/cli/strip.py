@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from keras_prune.cli import CLIError
-from keras_prune.cli._common import add_model_arguments, add_output_arguments, check_output, load, print_report, save
+from keras_prune.cli._common import (
+    add_model_arguments,
+    add_output_arguments,
+    check_output,
+    load,
+    print_report,
+    save,
+)
 
 DESCRIPTION = """\
 A model saved while pruning (with PruneLowMagnitude wrappers, for example a checkpoint of
 `keras-prune finetune`) carries masks and step counters. `strip` returns the plain model with
-the same architecture as before pruning and its pruned weights at exactly 0, ready to export."""
+the same architecture as before pruning and its pruned weights at exactly 0, ready to export.
+A model without wrappers (the output of `prune`, `finetune` or `shrink`) is written as it is,
+with a note. Either way OUT has no optimizer state unless --keep-optimizer."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,18 +34,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from keras_prune import strip_pruning
     from keras_prune.analysis import summarize
     from keras_prune.callbacks import collect_wrappers
 
     check_output(args)
     model = load(args)
-    if not collect_wrappers(model):
-        raise CLIError(
-            f"'{args.model}' has no pruning wrappers, so there is nothing to strip; it is "
-            "ready to use as it is."
-        )
-    stripped = strip_pruning(model)
+    if collect_wrappers(model):
+        stripped = strip_pruning(model)
+        if model.compiled:  # keep the loss, metrics and optimizer settings (finetune reads them)
+            stripped.compile_from_config(model.get_compile_config())
+        if args.keep_optimizer:
+            print("note: the optimizer's state belongs to the wrapped layers, so OUT starts with a "
+                  "fresh optimizer; --keep-optimizer keeps state only when nothing is stripped.",
+                  file=sys.stderr)
+    else:
+        print(f"note: '{args.model}' has no pruning wrappers; writing it as it is.", file=sys.stderr)
+        stripped = model
     save(stripped, args)
     print_report(summarize(stripped), title=f"{args.output} (stripped from {args.model})")
     return 0

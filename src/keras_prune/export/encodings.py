@@ -128,13 +128,15 @@ def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, Par
         return array.nbytes <= fmt.EXPANSION * sum(meta["length"] for _, meta, _ in parts) + fmt.ALLOWANCE
 
     # Rank by a fast estimate, then compress thoroughly only until one fits.
-    for encoding, extra, blobs in sorted(candidates, key=lambda c: estimate(c[2])):
-        parts = [(name, *pack_blob(data, itemsizes[name])) for name, data in blobs.items()]
+    for candidate in sorted(candidates, key=lambda c: estimate(c[2])):
+        parts = [(name, *pack_blob(data, itemsizes[name])) for name, data in candidate[2].items()]
         if fits(parts):
             break
     else:  # (nearly) all zeros: an uncompressed bitmask always fits the limit
-        encoding, extra, blobs = candidates[1]
-        parts = [(name, {"codec": "raw", "shuffle": 1, "raw_length": len(d), "length": len(d)}, d) for name, d in blobs.items()]
+        candidate = candidates[1]
+        parts = [(name, {"codec": "raw", "shuffle": 1, "raw_length": len(d), "length": len(d)}, d)
+                 for name, d in candidate[2].items()]
+    encoding, extra, blobs = candidate
     entry = {
         "encoding": encoding,
         "nnz": len(blobs["values"]) // stored.itemsize,

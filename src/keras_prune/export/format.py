@@ -98,7 +98,7 @@ def _decompress(stored: bytes, codec: str, raw_length: int) -> bytes:
         try:
             out = engine.decompress(stored, raw_length + 1)
         except (zlib.error, lzma.LZMAError) as error:
-            raise SparseFormatError(f"Invalid sparse model file: corrupt {codec} data ({error}).")
+            raise SparseFormatError(f"Invalid sparse model file: corrupt {codec} data ({error}).") from error
     require(len(out) == raw_length, f"a blob holds {len(out)} bytes, header says {raw_length}")
     return out
 
@@ -193,6 +193,6 @@ def read_container(data: bytes) -> tuple[dict, memoryview]:
     try:
         header = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise SparseFormatError(f"Invalid sparse model file: bad header JSON ({error}).")
+        raise SparseFormatError(f"Invalid sparse model file: bad header JSON ({error}).") from error
     require(isinstance(header, dict), "the header is not a JSON object")
     return header, body[stored_length:]

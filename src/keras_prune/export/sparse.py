@@ -16,7 +16,6 @@ from keras_prune.export.format import SparseFormatError, require
 from keras_prune.io import atomic_write, check_output_path
 
 
-
 def export_sparse(
     model: keras.Model,
     path: str | os.PathLike,
