@@ -66,7 +66,8 @@ def test_interrupted_run_resumes_from_the_checkpoint(capsys, tmp_path, monkeypat
     code, _, err = run(capsys, *argv)
     assert code == 130 and "rerun the same command to resume" in err
     assert not out.exists()
-    assert sorted(p.name for p in (tmp_path / "out.keras.ckpt").iterdir()) == ["epoch-2.keras", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "out.keras.ckpt").iterdir()) == [".keras-prune-checkpoint", "epoch-2.keras",
+                                                                         "state.json"]
 
     monkeypatch.setattr(finetune.Checkpoint, "save", real_save)
     epochs_run = []

@@ -14,6 +14,7 @@ against the model before any training starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -65,7 +66,7 @@ def load_training_data(
         >>> data = load_training_data("train.npz", model)
         >>> model.fit(data.x_train, data.y_train, validation_data=data.validation)
     """
-    if not image_scale > 0:
+    if not (math.isfinite(image_scale) and image_scale > 0):
         raise ValueError(f"Argument `image_scale` must be > 0, such as 1/255. Received: image_scale={image_scale}")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"Argument `validation_split` must be in [0, 1). Received: validation_split={validation_split}")
@@ -79,7 +80,7 @@ def load_training_data(
     else:
         raise ValueError(f"Data '{path}' does not exist; pass a .npz file, an IDX folder or an image folder.")
     if validation_split and data.x_val is None:
-        cut = len(data.x_train) - int(round(validation_split * len(data.x_train)))
+        cut = len(data.x_train) - round(float(validation_split) * len(data.x_train))
         data = dataclasses.replace(
             data, x_train=data.x_train[:cut], y_train=data.y_train[:cut],
             x_val=data.x_train[cut:], y_val=data.y_train[cut:],
@@ -154,7 +155,7 @@ def _read_images(folder: Path, classes, size, channels, scale) -> tuple[np.ndarr
         for file in files:
             try:
                 image = keras.utils.load_img(file, color_mode=mode, target_size=size)
-            except Exception as error:  # PIL raises several types for unreadable images
+            except Exception as error:  # noqa: BLE001 (PIL raises several types for unreadable images)
                 raise ValueError(f"Cannot read image '{file}' ({error}); remove or replace it.") from None
             images.append(keras.utils.img_to_array(image, dtype="float32") * scale)
             labels.append(index)
@@ -165,6 +166,7 @@ def _read_images(folder: Path, classes, size, channels, scale) -> tuple[np.ndarr
 
 def check_fits_model(data: TrainingData, model: keras.Model, source: str = "data") -> None:
     """Raises a ValueError naming the fix if the arrays cannot feed ``model``."""
+    _check_single_io(model, source)
     expected = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
     splits = [("train", data.x_train, data.y_train)]
     if data.x_val is not None:
@@ -176,8 +178,8 @@ def check_fits_model(data: TrainingData, model: keras.Model, source: str = "data
                 f"{source}: {x_name} has {len(x)} samples and {y_name} {len(y)}; they must be "
                 "equal and nonzero."
             )
-        if not np.issubdtype(x.dtype, np.number) or not np.all(np.isfinite(x)):
-            raise ValueError(f"{source}: {x_name} must be finite numbers (no NaN or infinity).")
+        _check_finite(source, x_name, x)
+        _check_finite(source, y_name, y)
         if expected is not None and not _shape_fits(x.shape, expected):
             hint = " Add the channel axis (x[..., None])." if x.shape[1:] == expected[1:-1] else ""
             raise ValueError(
@@ -185,6 +187,23 @@ def check_fits_model(data: TrainingData, model: keras.Model, source: str = "data
                 f"{expected}.{hint}"
             )
         _check_labels(source, y_name, y, model)
+
+
+def _check_single_io(model: keras.Model, source: str) -> None:
+    """One x array and one y array feed one input and one output, nothing else."""
+    inputs, outputs = (len(getattr(model, name, None) or ()) for name in ("inputs", "outputs"))
+    if inputs > 1 or outputs > 1:
+        raise ValueError(
+            f"{source}: a data file holds one input array (x) and one label array (y), but model "
+            f"'{model.name}' has {inputs} inputs and {outputs} outputs; fine-tune it in Python "
+            "with model.fit, passing a list (or dict) of arrays per input and output."
+        )
+
+
+def _check_finite(source: str, name: str, values: np.ndarray) -> None:
+    numeric = np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_
+    if not numeric or not np.all(np.isfinite(values)):
+        raise ValueError(f"{source}: {name} must hold finite numbers (no NaN, infinity or text).")
 
 
 def _shape_fits(shape, expected) -> bool:
@@ -196,6 +215,8 @@ def _check_labels(source: str, name: str, y: np.ndarray, model: keras.Model) -> 
     if outputs is None or len(outputs) != 2 or not outputs[1] or outputs[1] < 2:
         return  # regression or unusual heads: shapes are checked by Keras itself
     classes = outputs[1]
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # class indices with a trailing axis, which sparse losses accept
     if y.ndim == 2 and y.shape[1] != classes:
         raise ValueError(f"{source}: {name} has {y.shape[1]} columns but the model outputs {classes} classes.")
     if y.ndim == 1:

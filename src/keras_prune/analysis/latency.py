@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
+from keras.src.models.functional import Functional  # no public type for it
 
 from keras_prune._validation import check_choice
-
 
 RUNTIMES = ("keras", "litert")
 
@@ -27,9 +27,11 @@ def compare_latency(
     The models run in turn, round after round, so that a noisy neighbour slows them all
     alike and their ratio stays meaningful. With ``runtime="keras"``, on TensorFlow each
     model runs as a compiled ``tf.function`` and on JAX as a ``jax.jit`` function, as in
-    serving; elsewhere it is called eagerly. With ``runtime="litert"`` each model is
-    converted to LiteRT (TensorFlow backend, single-input models) and run by its interpreter,
-    as on a phone or an edge device.
+    serving; elsewhere it is called eagerly. Every model input (a list or dict of them, for
+    functional models with several) gets random values of its shape and dtype, and every
+    output is computed. With ``runtime="litert"`` each model is converted to LiteRT
+    (TensorFlow backend, single-input models) and run by its interpreter, as on a phone or
+    an edge device.
 
     Args:
         models: models with the same kind of input.
@@ -66,15 +68,25 @@ def measure_latency(
 
 
 def _example_inputs(model: keras.Model, batch_size: int):
+    """Random inputs in the structure ``model`` is called with: one array, a list or a dict."""
     rng = np.random.default_rng(0)
-    arrays = []
-    for tensor in model.inputs:
-        shape = (batch_size,) + tuple(d or 1 for d in tensor.shape[1:])
-        if "int" in str(tensor.dtype):
-            arrays.append(np.zeros(shape, dtype=str(tensor.dtype)))
-        else:
-            arrays.append(rng.standard_normal(shape).astype(str(tensor.dtype)))
-    return arrays[0] if len(arrays) == 1 else arrays
+    # A functional model's `input` keeps the list or dict it was built with.
+    structure = model.input if isinstance(model, Functional) else model.inputs
+    arrays = keras.tree.map_structure(lambda tensor: _random_input(tensor, batch_size, rng), structure)
+    flat = keras.tree.flatten(arrays)
+    return flat[0] if len(flat) == 1 else arrays
+
+
+def _random_input(tensor, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    shape = (batch_size,) + tuple(d or 1 for d in tensor.shape[1:])
+    if "int" in str(tensor.dtype):
+        return np.zeros(shape, dtype=str(tensor.dtype))
+    return rng.standard_normal(shape).astype(str(tensor.dtype))
+
+
+def _to_numpy(outputs):
+    """Every output as a NumPy array (which waits for the computation to finish)."""
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, outputs)
 
 
 def _runner(model: keras.Model):
@@ -83,24 +95,25 @@ def _runner(model: keras.Model):
         import tensorflow as tf
 
         call = tf.function(lambda x: model(x, training=False))
-        return lambda x: call(x).numpy()
+        return lambda x: _to_numpy(call(x))
     if backend == "jax":
         import jax
 
         state = ([v.value for v in model.trainable_variables],
                  [v.value for v in model.non_trainable_variables])
         call = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
-        return lambda x: call(*state, x).block_until_ready()
-    return lambda x: keras.ops.convert_to_numpy(model(x, training=False))
+        return lambda x: jax.block_until_ready(call(*state, x))
+    return lambda x: _to_numpy(model(x, training=False))
 
 
 def _litert_runner(model: keras.Model, example):
     from keras_prune.export.litert import convert_litert, litert_function
 
-    if isinstance(example, list):
+    inputs = keras.tree.flatten(example)
+    if len(inputs) != 1:
         raise ValueError(
             f"LiteRT latency needs a single-input model. Received: model '{model.name}' "
-            f"with {len(example)} inputs"
+            f"with {len(inputs)} inputs"
         )
     # The dense conversion: latency of the architecture, not of sparse weight storage.
-    return litert_function(convert_litert(model, sparse=False), example.shape)
+    return litert_function(convert_litert(model, sparse=False), inputs[0].shape)

@@ -11,7 +11,6 @@ from keras_prune.cli._common import (
     add_output_arguments,
     check_output,
     fraction,
-    load,
     print_report,
     save,
 )
@@ -24,6 +23,7 @@ from keras_prune.cli._training import (
     evaluate,
     fit_resumably,
     load_data,
+    load_unpruned,
 )
 from keras_prune.cli.prune_model import layer_filter, parse_pattern
 
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     check_output(args)
     checkpoint = Checkpoint(args, RUN_KEYS)
 
-    model = load(args)
+    model = load_unpruned(args)
+    wanted = layer_filter(model, args.include, args.exclude)
+    check_prunable(model, wanted, args)
     data = load_data(args, model)
     config = compile_config(keras, model, args)
     steps_per_epoch = math.ceil(len(data.x_train) / args.batch_size)
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     wrapped, done = checkpoint.load(args.unsafe)
     if wrapped is None:
-        policy = filter_policy(layer_filter(model, args.include, args.exclude))
+        policy = filter_policy(wanted)
         wrapped = kp.prune_low_magnitude(model, schedule, pruning_policy=policy, scope=args.scope, **pattern)
         wrapped.compile_from_config(config)
     fit_resumably(wrapped, data, args, checkpoint, done, callbacks=[kp.UpdatePruningStep()])
@@ -109,6 +111,20 @@ def run(args: argparse.Namespace) -> int:
     for name, before in dense_scores.items():
         print(f"validation {name}: dense {before:.4f} -> pruned {pruned_scores[name]:.4f}")
     return 0
+
+
+def check_prunable(model, wanted, args) -> None:
+    """Refuses, before any training, a model (or an --include/--exclude choice) with nothing to prune."""
+    from keras_prune.analysis.report import iter_layers
+    from keras_prune.oneshot import ensure_prunable, list_paths
+
+    paths = ensure_prunable(model)  # a ValueError naming the layer types keras-prune prunes
+    layers = dict(iter_layers(model))
+    if wanted is not None and not any(wanted(layers[path]) for path in paths):
+        received = " ".join(f"{flag} {value}" for flag, value in (("--include", args.include),
+                                                                  ("--exclude", args.exclude)) if value)
+        raise CLIError(f"{received} leaves none of the prunable layers ({list_paths(paths)}); match some "
+                       "of these paths (`keras-prune inspect MODEL` lists them).")
 
 
 def filter_policy(wanted):

@@ -13,7 +13,6 @@ from keras_prune.cli._common import (
     add_output_arguments,
     check_output,
     fraction,
-    load,
     save,
 )
 from keras_prune.cli._training import (
@@ -22,9 +21,11 @@ from keras_prune.cli._training import (
     add_training_arguments,
     check_training_flags,
     compile_config,
+    describe,
     evaluate,
     fit_resumably,
     load_data,
+    load_unpruned,
 )
 
 DESCRIPTION = f"""\
@@ -32,7 +33,8 @@ Remove the least important R of the channels of every prunable group (Dense unit
 filters, attention heads; coupled layers such as residual Adds, Concatenate, BatchNorm and
 depthwise convolutions are pruned together) and write the smaller dense model to OUT. The
 output layer, --exclude'd layers and groups that reach a layer keras-prune cannot reason
-about keep all their channels; the plan lists them.
+about keep all their channels; the plan lists them. A MODEL still holding gradual-pruning
+wrappers (a `finetune` or prune_low_magnitude checkpoint) is stripped first, with a note.
 
 With --data and --epochs N the smaller model is fine-tuned for N epochs, as `finetune` does;
 with validation data in DATA the validation metrics are reported before and after.
@@ -89,27 +91,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import keras
+
     ratio = fraction("--ratio", args.ratio)
     if args.round_to < 1:
         raise CLIError(f"--round-to must be >= 1. Received: --round-to {args.round_to}")
     check_training_flags(args)
     if (args.epochs or args.importance == "taylor") and not args.data:
         raise CLIError("--epochs and --importance taylor need --data DATA (an .npz, IDX or image folder).")
-    if args.litert:
-        import keras
-
-        if keras.backend.backend() != "tensorflow":
-            raise CLIError(f"--litert needs the TensorFlow backend. Received: KERAS_BACKEND={keras.backend.backend()}")
+    if args.litert and keras.backend.backend() != "tensorflow":
+        raise CLIError(f"--litert needs the TensorFlow backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     check_output(args)
     if args.report:
         check_output(argparse.Namespace(**{**vars(args), "output": args.report}), suffixes=(".json",))
     checkpoint = Checkpoint(args, RUN_KEYS) if args.epochs else None
-    model = load(args)
+    model = load_unpruned(args)
+    if args.litert and len(model.inputs) != 1:
+        raise CLIError(f"--litert measures single-input models; '{args.model}' has {len(model.inputs)} "
+                       "inputs. Drop --litert.")
     data = load_data(args, model) if args.data else None
-    figures = shrink(model, ratio, args, data, checkpoint)
-    save(figures.pop("model"), args)
+    config = _config(keras, model, args, data)
+    small, summary = shrink(model, ratio, args, data, config, checkpoint)
+    save(small, args)  # before measuring: the fine-tuned model is never lost to a failed measurement
     if checkpoint is not None:
         checkpoint.clear()
+    try:
+        figures = {"plan": summary, "rows": _measure({"before": model, "after": small}, config, data, args)}
+    except (ValueError, TypeError) as error:
+        raise CLIError(f"Wrote '{args.output}', but measuring it failed: {describe(error)}") from error
     if args.report:
         from keras_prune.io import atomic_write
 
@@ -118,14 +127,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> dict:
-    """Plans, rebuilds, fine-tunes (resuming from ``checkpoint``), folds and measures; returns
-    the figures and the new model."""
-    import keras
+def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | None) -> tuple[object, list[str]]:
+    """Plans, rebuilds, fine-tunes (resuming from ``checkpoint``) and folds; returns the new
+    model and the plan's summary lines."""
+    from keras_prune.structured import (
+        apply_plan,
+        fold_batchnorm,
+        foldable_batchnorms,
+        plan_channels,
+    )
 
-    from keras_prune.structured import apply_plan, fold_batchnorm, foldable_batchnorms, plan_channels
-
-    config = _config(keras, model, args, data)
     calibration = None
     if args.importance == "taylor":
         model.compile_from_config(config)
@@ -133,6 +144,9 @@ def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> di
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     plan = plan_channels(model, ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, exclude=exclude, calibration_data=calibration)
+    if not plan.removable_groups():
+        raise CLIError(f"'{args.model}' has no channels shrink can remove ({_reasons(plan)}). It needs a "
+                       "Dense, Conv or attention layer that is neither the output nor --exclude'd.")
     small, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
     if small is None:
         small = apply_plan(plan)
@@ -144,8 +158,15 @@ def shrink(model, ratio: float, args, data, checkpoint: Checkpoint | None) -> di
         folds = foldable_batchnorms(small)
         small = fold_batchnorm(small)
         summary.append(f"BatchNorm folded into {len(folds)} layers: {', '.join(folds.values()) or 'none'}")
-    rows = _measure({"before": model, "after": small}, config, data, args)
-    return {"plan": summary, "model": small, "rows": rows}
+    return small, summary
+
+
+def _reasons(plan, limit: int = 3) -> str:
+    lines = plan.summary().splitlines()
+    if not lines:
+        return "it has no Dense, Conv or attention layers"
+    more = f"; and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "; ".join(lines[:limit]) + more
 
 
 def _measure(models: dict, config, data, args) -> dict:

@@ -32,7 +32,13 @@ class ChannelPlan:
     def keep_mask(self, layer_name: str, slot: str) -> np.ndarray:
         """For each position of a layer's slot, True when it stays."""
         units = self.graph.unit_ids(layer_name, slot)
+        if not self.removed.size:  # a model without removable units: everything stays
+            return np.ones(units.shape, dtype=bool)
         return ~np.where(units >= 0, self.removed[np.maximum(units, 0)], False)
+
+    def removable_groups(self) -> list[Group]:
+        """The groups that may lose units (not blocked); empty when nothing can be removed."""
+        return [g for g in self.graph.groups if g.blocked is None]
 
     def summary(self) -> str:
         """One line per group: its producers and the units it keeps, or why it is blocked."""
