@@ -73,7 +73,6 @@ def main() -> None:
     args = parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
 
     import keras_prune as kp
     from keras_prune.analysis.plots import plot_metric_vs_sparsity

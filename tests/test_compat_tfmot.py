@@ -3,9 +3,10 @@
 import keras
 import numpy as np
 import pytest
-from helpers import dense_data
 
 import keras_prune.compat.tfmot as tfmot
+
+from helpers import dense_data
 
 pytestmark = pytest.mark.core
 

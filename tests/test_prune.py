@@ -3,11 +3,12 @@
 import keras
 import numpy as np
 import pytest
-from helpers import compile_classifier, dense_data, mlp
 
 import keras_prune as kp
 from keras_prune import masks
 from keras_prune.callbacks import collect_wrappers
+
+from helpers import compile_classifier, dense_data, mlp
 
 pytestmark = pytest.mark.core
 L = keras.layers

@@ -5,12 +5,14 @@ import hashlib
 import keras
 import numpy as np
 import pytest
-from helpers import compile_classifier, dense_data, mlp
 
 import keras_prune as kp
 from keras_prune.callbacks import collect_wrappers
 from keras_prune.cli import main
+from keras_prune.io import load_model
 from keras_prune.masks import prune_count
+
+from helpers import compile_classifier, dense_data, mlp
 
 pytestmark = pytest.mark.core
 
@@ -99,7 +101,19 @@ def test_cli_finetune_of_a_model_saved_with_steps_per_execution(tmp_path, capsys
     code = main([str(a) for a in ("finetune", tmp_path / "model.keras", "--data", tmp_path / "data.npz",
                                   "-o", tmp_path / "out.keras", "--sparsity", "0.9", "--epochs", "3", "--quiet")])
     assert code == 0, capsys.readouterr().err
-    out = keras.saving.load_model(tmp_path / "out.keras")
+    out = load_model(tmp_path / "out.keras")
     for layer in out.layers:
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         assert np.count_nonzero(kernel == 0) == prune_count(0.9, kernel.size)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_diverged_weights_stop_training_instead_of_being_pruned_away(scope):
+    x, y = dense_data()
+    model = mlp()
+    kernel = keras.ops.convert_to_numpy(model.get_layer("hidden").kernel)
+    kernel[0, 0] = np.nan
+    model.get_layer("hidden").kernel.assign(kernel)
+    pruned = compile_classifier(kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0), scope=scope))
+    with pytest.raises(Exception, match="NaN or infinite values at pruning step 0"):
+        pruned.fit(x, y, epochs=1, verbose=0, callbacks=[kp.UpdatePruningStep()])

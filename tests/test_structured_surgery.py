@@ -177,7 +177,7 @@ def test_l1_removes_the_weakest_channels():
 
 def test_bn_scale_removes_the_smallest_gamma():
     model = _randomize(_residual())
-    bn = [l for l in model.layers if isinstance(l, L.BatchNormalization)]
+    bn = [layer for layer in model.layers if isinstance(layer, L.BatchNormalization)]
     gamma = np.ones(16, "float32")
     gamma[[3, 7]] = 1e-4
     for layer in bn:

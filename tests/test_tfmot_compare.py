@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "tfmot_compare"))
 
 import page  # noqa: E402
+
 import shared  # noqa: E402
 
 pytestmark = pytest.mark.core

@@ -371,7 +371,7 @@ def _han(summary: dict) -> str:
         if model not in summary["dense"]:
             continue
 
-        def err(sparsity, tool):
+        def err(sparsity, tool, model=model):
             row = rows.get((model, sparsity, tool))
             return "-" if row is None else f"{100 * (1 - row['accuracy_mean']):.2f}"
 

@@ -22,8 +22,9 @@ import keras
 import numpy as np
 
 import keras_prune
-import shared
 from keras_prune.export.sizes import plain_copy
+
+import shared
 
 
 def compile_model(model, learning_rate: float) -> None:

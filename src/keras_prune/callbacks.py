@@ -7,7 +7,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_prune import _host, masks
+from keras_prune import _host
 from keras_prune._keras_compat import call_takes_training
 from keras_prune.wrapper import MaskGroup, PruneLowMagnitude, constraints_hold_masks
 
@@ -24,29 +24,14 @@ def collect_wrappers(model: keras.layers.Layer) -> list[PruneLowMagnitude]:
 
 
 def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowMagnitude]:
-    """Recomputes the masks of the wrappers whose schedule updates at ``step``.
+    """Recomputes, from the host, the masks of the wrappers whose schedule updates at ``step``.
 
-    Layer-scoped wrappers rank each tensor on its own; globally-scoped wrappers that share a
-    schedule are ranked together. Returns the wrappers that were updated.
+    Each wrapper's ``mask_group`` decides what is ranked together (one layer, or every
+    globally-scoped wrapper sharing a schedule). Returns the updated wrappers.
     """
     due = [w for w in wrappers if w.pruning_schedule.should_update(step)]
-    global_groups = defaultdict(list)
     for wrapper in due:
-        if wrapper.scope == "global":
-            global_groups[repr(wrapper.pruning_schedule)].append(wrapper)
-        else:
-            values = wrapper.weight_values()
-            sparsity = wrapper.pruning_schedule.sparsity_at(step)
-            wrapper.assign_masks(wrapper.compute_masks(sparsity, wrapper.scores(values)), values)
-    for group in global_groups.values():
-        sparsity = group[0].pruning_schedule.sparsity_at(step)
-        values = [wrapper.weight_values() for wrapper in group]
-        scores = [s for wrapper, layer_values in zip(group, values) for s in wrapper.scores(layer_values)]
-        keep = masks.global_sparsity_masks(scores, sparsity)
-        for wrapper, layer_values in zip(group, values):
-            count = len(layer_values)
-            wrapper.assign_masks(keep[:count], layer_values)
-            keep = keep[count:]
+        wrapper.update_from_host(step)
     return due
 
 

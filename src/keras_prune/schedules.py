@@ -47,7 +47,7 @@ class PruningSchedule(abc.ABC):
         """The constructor arguments, for serialization."""
 
     @classmethod
-    def from_config(cls, config: dict) -> "PruningSchedule":
+    def from_config(cls, config: dict) -> PruningSchedule:
         return cls(**config)
 
     def __eq__(self, other: object) -> bool:

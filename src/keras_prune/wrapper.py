@@ -253,6 +253,20 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         thresholds = [criteria.pruned_threshold(criteria.magnitude(v), k) for v, k in zip(own, keep)]
         return [k.astype(d) for k, d in zip(keep, dtypes)] + [np.asarray(t, d) for t, d in zip(thresholds, dtypes)]
 
+    def update_from_host(self, step: int) -> None:
+        """Recomputes this wrapper's masks for ``step`` from the host and zeroes what they prune."""
+        values = [_host.read(w) for member in self.mask_group.members for w in member.prunable_weights()]
+        results = self.host_update(step, values)
+        count = len(self._masks)
+        start = self.mask_group.offset(self)
+        for weight, mask, threshold, keep, value, current in zip(
+            self.prunable_weights(), self._masks, self._thresholds, results[:count], results[count:],
+            values[start:start + count],
+        ):
+            _host.write(threshold, value)
+            _host.write(mask, keep)
+            _host.write(weight, masks.zero_pruned(current, keep > 0.5))
+
     def masks(self) -> list[np.ndarray]:
         """The current masks as boolean arrays (``True`` keeps a weight)."""
         return [keras.ops.convert_to_numpy(m) > 0.5 for m in self._masks]
@@ -363,6 +377,7 @@ class MaskGroup:
         return self._keep
 
     def _compute(self, step: int, values: list[np.ndarray]) -> list[list[np.ndarray]]:
+        self._check_finite(step, values)
         first = self.members[0]
         sparsity = first.pruning_schedule.sparsity_at(step)
         if len(self.members) == 1 and first.scope != "global":
@@ -374,6 +389,17 @@ class MaskGroup:
             split.append(keep[:count])
             keep = keep[count:]
         return split
+
+
+    def _check_finite(self, step: int, values: list[np.ndarray]) -> None:
+        """Diverged weights would rank as the smallest and be pruned to zero, hiding the divergence."""
+        weights = [w for member in self.members for w in member.prunable_weights()]
+        for weight, value in zip(weights, values):
+            if not np.isfinite(value).all():
+                raise ValueError(
+                    f"Weight '{weight.path}' holds NaN or infinite values at pruning step {step}: "
+                    "training diverged. Lower the learning rate or check the data for NaN/inf."
+                )
 
 
 def check_layer(layer: object) -> None:
