@@ -14,7 +14,9 @@ import pytest
 
 import keras_prune as kp
 from keras_prune.cli import main
-from keras_prune.cli._training import MARKER, Checkpoint, NonFiniteTraining, describe, finite_guard
+from keras_prune.cli._checkpoint import MARKER, Checkpoint
+from keras_prune.cli._training import NonFiniteTraining, finite_guard
+from keras_prune.io import error_summary
 
 pytestmark = pytest.mark.core
 
@@ -272,7 +274,18 @@ def test_errors_keep_their_cause(files, capsys, monkeypatch):
     monkeypatch.setattr(keras.Model, "fit", fail)
     code, _, err = run(capsys, *finetune(files, "--epochs", "1"))
     assert code == 1 and "calling Sequential.call(). The real cause" in err and len(err.strip().splitlines()) == 1
-    assert describe(ValueError("")) == "ValueError"
+    assert error_summary(ValueError("")) == "ValueError"
+
+
+def test_any_training_failure_keeps_the_resume_hint(files, capsys, monkeypatch):
+    def fail(model):  # such as a TensorFlow op failing in epoch 2, after epoch 1 is checkpointed
+        raise RuntimeError("Graph execution error:\n\nDetected at node foo\n[[{{node foo}}]] [Op:__inference]")
+
+    interrupt_after(monkeypatch, 1, then=fail)
+    code, _, err = run(capsys, *finetune(files, "--epochs", "2"))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "Training failed: RuntimeError: Graph execution error: Detected at node foo" in err
+    assert "keeps epoch 1/2; the same command resumes from it" in err and not (files / "out.keras").exists()
 
 
 # -- shrink ------------------------------------------------------------------------------------
@@ -336,3 +349,33 @@ def test_shrink_checkpoint_rules_match_finetune(files, capsys):
     code, _, err = run(capsys, *base, "--checkpoint-dir", files / "ck")
     assert code == 0, err
     assert not (files / "ck").exists() and (files / "small.keras").is_file()
+
+
+# -- --keep-optimizer --------------------------------------------------------------------------
+
+
+def optimizer_state(model):
+    return [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+
+def test_finetune_keep_optimizer_writes_the_trained_state(files, capsys, monkeypatch):
+    trained = []
+    interrupt_after(monkeypatch, 2, then=lambda model: trained.extend(optimizer_state(model)))
+    code, _, err = run(capsys, *finetune(files, "--epochs", "2", "--keep-optimizer"))
+    assert code == 0 and "note:" not in err, err
+    saved = optimizer_state(keras.saving.load_model(files / "out.keras"))
+    assert int(saved[0]) == 2 * 4  # the step counter: 2 epochs of 64 / 16 batches
+    assert len(saved) == len(trained) and all(np.array_equal(a, b) for a, b in zip(saved, trained))
+    assert any(np.any(state != 0) for state in saved[2:])  # moments, not a fresh optimizer's zeros
+
+
+def test_shrink_keep_optimizer_keeps_the_fine_tuned_state_or_says_it_cannot(files, capsys):
+    base = ["shrink", files / "model.keras", "--ratio", "0.5", "--keep-optimizer", "--quiet"]
+    tune = ["--data", files / "data.npz", "--epochs", "1", "--batch-size", "16"]
+    code, _, err = run(capsys, *base, "-o", files / "tuned.keras", *tune)
+    assert code == 0 and "note:" not in err, err
+    assert int(optimizer_state(keras.saving.load_model(files / "tuned.keras"))[0]) == 4
+    code, _, err = run(capsys, *base, "-o", files / "folded.keras", *tune, "--fold-batchnorm")
+    assert code == 0 and "note: --keep-optimizer: --fold-batchnorm rebuilt" in err and "starts fresh" in err
+    code, _, err = run(capsys, *base, "-o", files / "plain.keras")
+    assert code == 0 and "note: --keep-optimizer: nothing was fine-tuned (--epochs 0)" in err

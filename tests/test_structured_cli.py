@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_prune.cli import main
-from keras_prune.cli._training import Checkpoint
+from keras_prune.cli._checkpoint import Checkpoint
 from keras_prune.datasets import IDX_FILES
 
 

@@ -284,14 +284,18 @@ def optimizer_state_detached(model: keras.Model):
 # the failing op inside its messages), and the object dumps Keras appends to its reasons.
 _NOISE = re.compile(r'^(File "|Traceback |\[\[|\[Op:|.*\(most recent call last\):$)')
 _DUMP = re.compile(r"\s*(Full object config:|Target variable:|config=\{).*$")
+# A first line that only announces the reason on the next line: "... for object <Dense>:", or
+# the header Keras puts before an error raised inside a layer's call.
+_ANNOUNCEMENT = re.compile(r".*:|Exception encountered when calling .*")
 
 
 def error_summary(error: BaseException, limit: int = 300) -> str:
     r"""The informative start of ``error``'s message on one line, at most ``limit`` characters.
 
-    A first line that only announces details ("... for object <Dense name=d>:") is joined with
-    the next one; traceback-like lines (``File "..."``, TensorFlow's op stacks) and the object
-    dumps Keras appends ("Full object config: {...}") are dropped.
+    A first line that only announces details ("... for object <Dense name=d>:", "Exception
+    encountered when calling Dense.call().") is joined with the next one; traceback-like lines
+    (``File "..."``, TensorFlow's op stacks) and the object dumps Keras appends ("Full object
+    config: {...}") are dropped.
 
     Example:
         >>> error_summary(ValueError("2 objects could not be loaded:\n\nshape (4, 3) != (4, 5)"))
@@ -301,11 +305,10 @@ def error_summary(error: BaseException, limit: int = 300) -> str:
     lines = [line for line in lines if line and not _NOISE.match(line)]
     if not lines:
         return type(error).__name__
-    text = lines[0]
-    for line in lines[1:3]:
-        if not text.endswith(":"):
-            break
-        text = f"{text} {line}"
+    count = 1  # lines joined: the first, and up to two more while each one only announces the next
+    while count < min(3, len(lines)) and _ANNOUNCEMENT.fullmatch(lines[count - 1]):
+        count += 1
+    text = " ".join(lines[:count])
     text = _DUMP.sub("", text) or text
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 

@@ -1,17 +1,16 @@
-"""Fine-tuning shared by ``finetune`` and ``shrink``: the data and compile flags, a checkpoint
-after every epoch, and resuming the same run after Ctrl-C or a crash."""
+"""Fine-tuning shared by ``finetune`` and ``shrink``: the data and compile flags, training that
+stops on a NaN and resumes from its checkpoint (see :mod:`keras_prune.cli._checkpoint`), and
+the trained optimizer's state for --keep-optimizer."""
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import json
 import math
-import re
 import sys
 from pathlib import Path
 
 from keras_prune.cli import CLIError
+from keras_prune.cli._checkpoint import Checkpoint
 
 DATA_HELP = """\
 DATA is a .npz file with x_train and y_train (optionally x_val and y_val, or x_test and
@@ -27,10 +26,6 @@ from the last finished epoch; with --restart the old checkpoint is ignored and r
 epochs finish. Training stops with an error, writing nothing, as soon as the loss or the
 weights become NaN or infinite; the checkpoint keeps the last good epoch. Only when OUT is
 written does keras-prune delete its checkpoint files, and the folder if nothing else is in it."""
-
-# The flags that define a fine-tuning run, besides each command's own.
-TRAINING_KEYS = ("data", "epochs", "batch_size", "loss", "from_logits", "metrics", "optimizer",
-                 "learning_rate", "validation_split", "image_scale", "weights")
 
 MAX_EPOCHS = 10_000  # more is a typo (or a job for a training script), not a fine-tuning run
 
@@ -111,16 +106,10 @@ def load_unpruned(args: argparse.Namespace):
     return stripped
 
 
-def describe(error: BaseException) -> str:
-    """The whole message of ``error`` on one line: Keras often puts the cause after a generic
-    first line ("Exception encountered when calling ...")."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return text or type(error).__name__
-
-
 def compile_config(keras, model, args) -> dict:
     """The model's saved compile settings with the command-line overrides applied."""
+    from keras_prune.io import error_summary
+
     config = dict(model.get_compile_config() or {}) if model.compiled else {}
     try:
         if args.loss:
@@ -135,7 +124,7 @@ def compile_config(keras, model, args) -> dict:
                 optimizer = optimizer.__class__.from_config({**optimizer.get_config(), "learning_rate": args.learning_rate})
             config["optimizer"] = keras.optimizers.serialize(optimizer)
     except ValueError as error:
-        raise CLIError(f"{describe(error)} Check --loss, --metrics and --optimizer.") from None
+        raise CLIError(f"{error_summary(error)} Check --loss, --metrics and --optimizer.") from None
     if not config.get("loss"):
         raise CLIError(
             f"'{args.model}' was saved without a loss; pass --loss (for example "
@@ -163,13 +152,15 @@ def _loss(keras, name: str, from_logits: bool):
 
 def evaluate(model, config, data, batch_size) -> dict:
     """Validation metrics of ``model`` (compiled with ``config``), or {} without validation data."""
+    from keras_prune.io import error_summary
+
     if data is None or data.validation is None:
         return {}
     model.compile_from_config(config)
     try:
         scores = model.evaluate(*data.validation, batch_size=batch_size, verbose=0, return_dict=True)
     except (ValueError, TypeError) as error:
-        raise CLIError(f"Evaluating on the validation data failed: {describe(error)}") from error
+        raise CLIError(f"Evaluating on the validation data failed: {error_summary(error)}") from error
     return {name: float(value) for name, value in scores.items()}
 
 
@@ -177,10 +168,13 @@ def fit_resumably(model, data, args, checkpoint: Checkpoint, done: int, callback
     """``model.fit`` from epoch ``done`` to ``args.epochs``, checkpointing every good epoch.
 
     Raises:
-        CLIError: the loss or the weights became NaN or infinite (the checkpoint keeps the last
-            good epoch), or Keras refused the data or the model.
+        CLIError: the loss or the weights became NaN or infinite, or anything else failed
+            (Keras refused the data, a TensorFlow op failed, ...); either way the message says
+            which epoch the checkpoint keeps. Ctrl-C stays a ``KeyboardInterrupt``.
     """
     import keras
+
+    from keras_prune.io import error_summary
 
     if done >= args.epochs:
         return
@@ -197,8 +191,9 @@ def fit_resumably(model, data, args, checkpoint: Checkpoint, done: int, callback
     except NonFiniteTraining as error:
         raise CLIError(f"{error} Nothing was written to '{args.output}'.{checkpoint.kept()} Lower "
                        "--learning-rate (with --restart), or check DATA.") from None
-    except (ValueError, TypeError) as error:
-        raise CLIError(f"Training failed: {describe(error)}{checkpoint.kept()}") from error
+    except Exception as error:  # TensorFlow, JAX and Keras raise many types; all keep the hint
+        raise CLIError(f"Training failed: {type(error).__name__}: {error_summary(error)}"
+                       f"{checkpoint.kept()}") from error
 
 
 class NonFiniteTraining(Exception):
@@ -241,170 +236,45 @@ def _finite(values) -> bool:
     return not np.issubdtype(values.dtype, np.inexact) or bool(np.all(np.isfinite(values)))
 
 
-def signature(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
-    """What identifies a run: a checkpoint is resumed only by the same command on the same files
-    (same paths, sizes and modification times)."""
-    return {
-        "command": args.command,
-        **_stamp("model", args.model),
-        **{key: getattr(args, key) for key in (*keys, *TRAINING_KEYS)},
-        **_stamp("data", args.data),
-    }
+def keep_optimizer_state(optimizer, variables: list, model) -> None:
+    """For --keep-optimizer: copies the state of ``optimizer``, which trained ``variables``, into
+    ``model``'s compiled optimizer, so OUT resumes training where fine-tuning stopped.
 
-
-def _stamp(name: str, path) -> dict:
-    """``path`` resolved, with its size and modification time when it is a file."""
-    resolved = Path(path).resolve() if path else None
-    stat = resolved.stat() if resolved is not None and resolved.is_file() else None
-    return {
-        name: str(resolved) if resolved else None,
-        f"{name}_bytes": stat.st_size if stat else None,
-        f"{name}_mtime_ns": stat.st_mtime_ns if stat else None,
-    }
-
-
-MARKER = ".keras-prune-checkpoint"
-MARKER_TEXT = "keras-prune made this folder for a resumable checkpoint; it deletes it once the run succeeds.\n"
-# Checkpoint files, and the temporary names atomic_write gives them while they are written.
-OWN_FILES = (MARKER, "state.json", "epoch-*.keras", ".epoch-*.keras", ".state.*.json")
-
-
-class Checkpoint:
-    """A folder holding the model after the last finished epoch, and what run it is.
-
-    keras-prune creates the folder itself, with a marker file, and only ever deletes its own
-    files in it: a folder that exists and is not such a checkpoint is refused before any work.
+    Stripping builds new variables, which the trained optimizer does not know; its state fits
+    them only when they match ``variables`` one to one (same paths and shapes), as after
+    ``strip_pruning``. Otherwise a one-line note says OUT's optimizer starts fresh.
     """
-
-    def __init__(self, args: argparse.Namespace, keys: tuple[str, ...]):
-        self.folder = Path(args.checkpoint_dir or f"{args.output}.ckpt")
-        self.signature = signature(args, keys)
-        self.state = self.folder / "state.json"
-        self.epochs_done = 0  # of this run, once resumed or saved
-        check_folder(self.folder, args)
-        self._resumable = None if args.restart else self._read_state()
-
-    def _read_state(self) -> dict | None:
-        if not self.state.is_file():
-            return None
-        try:
-            state = json.loads(self.state.read_text())
-        except (OSError, ValueError) as error:
-            raise CLIError(f"Checkpoint '{self.folder}' cannot be read ({describe(error)}); pass "
-                           "--restart to start over.") from None
-        if not isinstance(state, dict) or state.get("signature") != self.signature:
-            raise CLIError(
-                f"Checkpoint '{self.folder}' belongs to a different run (other model, data or "
-                "options); pass --restart to discard it, or --checkpoint-dir to keep both."
-            )
-        return state
-
-    def load(self, unsafe: bool):
-        """``(model, finished epochs)`` from the checkpoint, or ``(None, 0)`` if there is none
-        (or ``--restart`` was given)."""
-        from keras_prune.io import load_model
-
-        state = self._resumable
-        if state is None:
-            return None, 0
-        try:
-            model = load_model(self.folder / str(state["model"]), safe_mode=not unsafe)
-            self.epochs_done = int(state["epochs_done"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise CLIError(f"Checkpoint '{self.folder}' cannot be loaded ({describe(error)}); pass "
-                           "--restart to start over.") from None
-        print(f"Resuming from epoch {self.epochs_done}/{self.signature['epochs']} "
-              f"(checkpoint {self.folder})", file=sys.stderr)
-        return model, self.epochs_done
-
-    def callback(self, keras):
-        """A callback writing the checkpoint atomically at the end of every epoch."""
-        checkpoint = self
-
-        class EpochCheckpoint(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                checkpoint.save(self.model, epoch + 1)
-
-        return EpochCheckpoint()
-
-    def save(self, model, epochs_done: int) -> None:
-        from keras_prune.io import atomic_write
-
-        if not self.folder.is_dir():
-            self.folder.mkdir()
-            (self.folder / MARKER).write_text(MARKER_TEXT)
-        name = f"epoch-{epochs_done}.keras"
-        atomic_write(self.folder / name, model.save)
-        state = {"signature": self.signature, "epochs_done": epochs_done, "model": name}
-        atomic_write(self.state, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
-        self.epochs_done = epochs_done
-        for old in self.folder.glob("epoch-*.keras"):  # the state now points at the new file
-            if old.name != name:
-                old.unlink()
-
-    def kept(self) -> str:
-        """A sentence saying which epoch the checkpoint keeps for this run, or ``""``."""
-        if not self.epochs_done:
-            return ""
-        return (f" Checkpoint '{self.folder}' keeps epoch {self.epochs_done}/{self.signature['epochs']}; "
-                "the same command resumes from it.")
-
-    def clear(self) -> None:
-        """Deletes keras-prune's own files, then the folder if nothing else is in it. Call it
-        only once the run has succeeded (OUT is written)."""
-        if not (self.folder / MARKER).is_file():
-            return
-        for path in self.folder.iterdir():
-            if _own(path.name) and path.name != MARKER and path.is_file():
-                path.unlink()
-        (self.folder / MARKER).unlink()
-        if not any(self.folder.iterdir()):
-            self.folder.rmdir()
+    reason = _mismatch(optimizer, variables, model) or _copy_state(optimizer, model)
+    if reason:
+        note_fresh_optimizer(reason)
 
 
-def _own(name: str) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in OWN_FILES)
+def note_fresh_optimizer(reason: str) -> None:
+    """The one line saying --keep-optimizer cannot keep the trained state, and why."""
+    print(f"note: --keep-optimizer: {reason}, so OUT's optimizer starts fresh.", file=sys.stderr)
 
 
-def check_folder(folder: Path, args: argparse.Namespace) -> None:
-    """Refuses a checkpoint folder keras-prune could not safely write and later delete."""
-    where = _resolved(folder)
-    for flag in ("output", "report"):
-        path = getattr(args, flag, None)
-        if path and _inside(_resolved(path), where):
-            raise CLIError(f"Output '{path}' is inside the checkpoint folder '{folder}', which keras-prune "
-                           "empties once the run succeeds; write it elsewhere or pass another --checkpoint-dir.")
-    for flag in ("model", "weights", "data"):
-        path = getattr(args, flag, None)
-        if path and (_inside(_resolved(path), where) or _inside(where, _resolved(path))):
-            raise CLIError(f"Checkpoint folder '{folder}' overlaps the input '{path}'; pass --checkpoint-dir "
-                           "NEW_FOLDER, a folder that does not exist yet, outside your inputs.")
-    if folder.exists():
-        _check_existing(folder)
-    elif not folder.parent.is_dir():
-        raise CLIError(f"Checkpoint folder '{folder}' cannot be created: '{folder.parent}' does not exist; "
-                       "create it first, or pass another --checkpoint-dir.")
+def _mismatch(optimizer, variables: list, model) -> str | None:
+    """Why the state of ``optimizer`` (trained on ``variables``) cannot go to ``model``, or None."""
+    fresh = getattr(model, "optimizer", None)
+    if optimizer is None or not optimizer.built or fresh is None:
+        return "there is no trained optimizer state for OUT"
+    if type(fresh) is not type(optimizer):
+        return f"OUT is compiled with {type(fresh).__name__}, not the trained {type(optimizer).__name__}"
+    trained = [(v.path, tuple(v.shape)) for v in variables]
+    if trained != [(v.path, tuple(v.shape)) for v in model.trainable_variables]:
+        return "OUT's weights are not the ones the optimizer trained"
+    return None
 
 
-def _check_existing(folder: Path) -> None:
-    if not folder.is_dir():
-        raise CLIError(f"Checkpoint folder '{folder}' is a file; pass --checkpoint-dir NEW_FOLDER, a "
-                       "folder that does not exist yet.")
-    if not (folder / MARKER).is_file():
-        raise CLIError(f"Checkpoint folder '{folder}' already exists and is not a keras-prune checkpoint; "
-                       "keras-prune only writes (and later deletes) a folder it creates. Pass "
-                       "--checkpoint-dir NEW_FOLDER, a folder that does not exist yet.")
-    others = sorted(p.name for p in folder.iterdir() if not _own(p.name))
-    if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-        raise CLIError(f"Checkpoint folder '{folder}' holds files keras-prune did not write ({shown}); "
-                       "move them out, or pass --checkpoint-dir NEW_FOLDER.")
-
-
-def _resolved(path) -> Path:
-    return Path(path).expanduser().resolve()
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies within it."""
-    return path == folder or folder in path.parents
+def _copy_state(source, model) -> str | None:
+    """Assigns ``source``'s variables (step count, moments, ...) to ``model``'s optimizer, or says
+    why not."""
+    target = model.optimizer
+    if not target.built:
+        target.build(model.trainable_variables)
+    if [tuple(v.shape) for v in source.variables] != [tuple(v.shape) for v in target.variables]:
+        return "the trained optimizer's variables do not fit OUT's"
+    for new, old in zip(target.variables, source.variables):
+        new.assign(old)
+    return None

@@ -6,6 +6,7 @@ import argparse
 import math
 
 from keras_prune.cli import CLIError
+from keras_prune.cli._checkpoint import Checkpoint
 from keras_prune.cli._common import (
     add_model_arguments,
     add_output_arguments,
@@ -16,12 +17,12 @@ from keras_prune.cli._common import (
 )
 from keras_prune.cli._training import (
     DATA_HELP,
-    Checkpoint,
     add_training_arguments,
     check_training_flags,
     compile_config,
     evaluate,
     fit_resumably,
+    keep_optimizer_state,
     load_data,
     load_unpruned,
 )
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import keras
 
     import keras_prune as kp
+    from keras_prune.oneshot import ensure_prunable
 
     pattern = parse_pattern(args.pattern)
     sparsity = fraction("--sparsity", args.sparsity)
@@ -87,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint(args, RUN_KEYS)
 
     model = load_unpruned(args)
+    ensure_prunable(model)  # an error before any data is loaded; layer_filter checks the selection
     wanted = layer_filter(model, args.include, args.exclude)
-    check_prunable(model, wanted, args)
     data = load_data(args, model)
     config = compile_config(keras, model, args)
     steps_per_epoch = math.ceil(len(data.x_train) / args.batch_size)
@@ -101,9 +103,12 @@ def run(args: argparse.Namespace) -> int:
         wrapped = kp.prune_low_magnitude(model, schedule, pruning_policy=policy, scope=args.scope, **pattern)
         wrapped.compile_from_config(config)
     fit_resumably(wrapped, data, args, checkpoint, done, callbacks=[kp.UpdatePruningStep()])
+    trained = wrapped.optimizer, wrapped.trainable_variables  # before stripping replaces them
     stripped = kp.strip_pruning(wrapped)
     stripped.compile_from_config(config)
     pruned_scores = evaluate(stripped, config, data, args.batch_size)
+    if args.keep_optimizer:
+        keep_optimizer_state(*trained, stripped)
     save(stripped, args)
     checkpoint.clear()
     report = kp.summarize(stripped)
@@ -111,20 +116,6 @@ def run(args: argparse.Namespace) -> int:
     for name, before in dense_scores.items():
         print(f"validation {name}: dense {before:.4f} -> pruned {pruned_scores[name]:.4f}")
     return 0
-
-
-def check_prunable(model, wanted, args) -> None:
-    """Refuses, before any training, a model (or an --include/--exclude choice) with nothing to prune."""
-    from keras_prune.analysis.report import iter_layers
-    from keras_prune.oneshot import ensure_prunable, list_paths
-
-    paths = ensure_prunable(model)  # a ValueError naming the layer types keras-prune prunes
-    layers = dict(iter_layers(model))
-    if wanted is not None and not any(wanted(layers[path]) for path in paths):
-        received = " ".join(f"{flag} {value}" for flag, value in (("--include", args.include),
-                                                                  ("--exclude", args.exclude)) if value)
-        raise CLIError(f"{received} leaves none of the prunable layers ({list_paths(paths)}); match some "
-                       "of these paths (`keras-prune inspect MODEL` lists them).")
 
 
 def filter_policy(wanted):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from keras_prune.cli import CLIError
+from keras_prune.cli._checkpoint import Checkpoint
 from keras_prune.cli._common import (
     add_model_arguments,
     add_output_arguments,
@@ -17,15 +18,14 @@ from keras_prune.cli._common import (
 )
 from keras_prune.cli._training import (
     DATA_HELP,
-    Checkpoint,
     add_training_arguments,
     check_training_flags,
     compile_config,
-    describe,
     evaluate,
     fit_resumably,
     load_data,
     load_unpruned,
+    note_fresh_optimizer,
 )
 
 DESCRIPTION = f"""\
@@ -93,6 +93,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import keras
 
+    from keras_prune.io import error_summary
+
     ratio = fraction("--ratio", args.ratio)
     if args.round_to < 1:
         raise CLIError(f"--round-to must be >= 1. Received: --round-to {args.round_to}")
@@ -112,13 +114,15 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(args, model) if args.data else None
     config = _config(keras, model, args, data)
     small, summary = shrink(model, ratio, args, data, config, checkpoint)
+    if args.keep_optimizer:
+        _note_optimizer(args)
     save(small, args)  # before measuring: the fine-tuned model is never lost to a failed measurement
     if checkpoint is not None:
         checkpoint.clear()
     try:
         figures = {"plan": summary, "rows": _measure({"before": model, "after": small}, config, data, args)}
     except (ValueError, TypeError) as error:
-        raise CLIError(f"Wrote '{args.output}', but measuring it failed: {describe(error)}") from error
+        raise CLIError(f"Wrote '{args.output}', but measuring it failed: {error_summary(error)}") from error
     if args.report:
         from keras_prune.io import atomic_write
 
@@ -150,8 +154,9 @@ def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | Non
     small, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
     if small is None:
         small = apply_plan(plan)
-    if checkpoint:
-        small.compile_from_config(config)
+        if checkpoint:
+            small.compile_from_config(config)
+    if checkpoint:  # a resumed model keeps the optimizer state its checkpoint holds
         fit_resumably(small, data, args, checkpoint, done)
     summary = plan.summary().splitlines()
     if args.fold_batchnorm:
@@ -159,6 +164,16 @@ def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | Non
         small = fold_batchnorm(small)
         summary.append(f"BatchNorm folded into {len(folds)} layers: {', '.join(folds.values()) or 'none'}")
     return small, summary
+
+
+def _note_optimizer(args) -> None:
+    """For --keep-optimizer: OUT holds the fine-tuning optimizer's state, unless nothing was
+    fine-tuned or folding rebuilt the layers it trained (then a note says so)."""
+    if not args.epochs:
+        note_fresh_optimizer("nothing was fine-tuned (--epochs 0), and no optimizer state of MODEL fits "
+                             "the removed channels")
+    elif args.fold_batchnorm:
+        note_fresh_optimizer("--fold-batchnorm rebuilt the layers the optimizer trained")
 
 
 def _reasons(plan, limit: int = 3) -> str:
