@@ -168,16 +168,17 @@ def test_unwritable_output_folder(capsys, model_file):
     assert_one_line_failure(code, err, "not writable")
 
 
-def test_unsupported_layer_is_named_and_can_be_excluded(capsys, tmp_path):
+def test_unsupported_layer_is_left_dense_and_named_and_refused_when_included_alone(capsys, tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="d"), Scale(name="scale")])
     model.save(tmp_path / "custom.keras")
     out = tmp_path / "out.keras"
-    code, _, err = run(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5")
+    code, _, err = run(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5", "--include", "scale")
     assert_one_line_failure(code, err, "'scale'", "PrunableLayer", "--exclude")
     assert not out.exists()
-    code, stdout, _ = run(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5",
-                          "--exclude", "scale")
-    assert code == 0 and "unsupported" in stdout
+    code, stdout, _ = run(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5")
+    assert code == 0 and "unsupported" in stdout and "left dense: scale: holds weights" in stdout
+    assert np.all(keras.saving.load_model(out).get_layer("scale").get_weights()[0] == 1.0)
+    assert np.mean(kernel(out, "d") == 0) == 0.5
 
 
 def test_lambda_model_needs_unsafe(capsys, tmp_path):

@@ -175,13 +175,22 @@ class PrunableScale(Scale, PrunableLayer):
         return [self.w]
 
 
-def test_unsupported_custom_layer_is_named_and_can_be_excluded():
+def test_unsupported_custom_layer_is_left_dense_and_named_unless_selected_alone():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="d"), Scale(name="scale")])
-    with pytest.raises(UnsupportedLayerError, match="'scale'.*--exclude"):
-        magnitude_prune(model, sparsity=0.5)
+    for selection in ("scale", ["scale"], lambda layer: layer.name == "scale"):
+        with pytest.raises(UnsupportedLayerError, match="'scale'.*holds weights.*PrunableLayer.*--include"):
+            magnitude_prune(model, sparsity=0.5, layers=selection)
     assert zeros(kernel(model, "d")) == 0
-    report = magnitude_prune(model, sparsity=0.5, layers=lambda layer: layer.name != "scale")
+    report = magnitude_prune(model, sparsity=0.5)
     assert report.layer("scale").pattern == "unsupported" and report.layer("d").sparsity == 0.5
+    assert zeros(kernel(model, "scale")) == 0
+    assert [(note.layer, "PrunableLayer" in note.message) for note in report.left_dense] == [("scale", True)]
+
+
+def test_model_with_only_unsupported_weights_names_them():
+    model = keras.Sequential([keras.Input((4,)), Scale(name="scale")], name="m")
+    with pytest.raises(UnsupportedLayerError, match="Model 'm' holds no weights .*'scale'.*PrunableLayer"):
+        magnitude_prune(model, sparsity=0.5)
 
 
 def test_custom_prunable_layer_is_pruned():

@@ -20,3 +20,13 @@ def no_autocast():
 def call_takes_training(model) -> bool:
     """Whether ``fit`` passes ``training=True`` to ``model`` (its ``call`` has the argument)."""
     return bool(getattr(model, "_call_has_training_arg", True))
+
+
+def child_layers(layer) -> list:
+    """The layers ``layer`` tracks directly, in the order it created them.
+
+    This finds sub-layers kept in any attribute (private ones such as KerasHub's
+    ``_self_attention_layer`` too) or in lists and dicts of them, as Keras' own
+    ``Model.quantize`` and weight saving do; it does not descend into them.
+    """
+    return list(layer._flatten_layers(include_self=False, recursive=False))

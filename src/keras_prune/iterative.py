@@ -8,12 +8,13 @@ wrappers and evaluates. The sparsity at the end is the sparsity asked for, not l
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 
 import keras
 
 from keras_prune._validation import check_int, check_sparsity
-from keras_prune.analysis.report import PruningReport, iter_layers, summarize
+from keras_prune.analysis.report import PruningReport, summarize
 from keras_prune.callbacks import UpdatePruningStep, collect_wrappers
 from keras_prune.oneshot import (
     LayerFilter,
@@ -25,8 +26,8 @@ from keras_prune.oneshot import (
     select_weights,
 )
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
-from keras_prune.registry import prunable_weights
 from keras_prune.schedules import ConstantSparsity
+from keras_prune.traversal import weight_sites
 
 # The wrappers only hold the masks this module assigns; their own schedule never fires.
 _NEVER = 2**62
@@ -206,17 +207,38 @@ def _evaluate(model: keras.Model, data, batch_size, verbose) -> dict:
 
 
 def _selected_layers(model: keras.Model, layer_filter: LayerFilter) -> list:
-    return [
-        layer for path, layer in iter_layers(model)
-        if layer.weights and _matches(layer_filter, layer, path) and prunable_weights(layer)
-    ]
+    return [site.layer for site in weight_sites(model) if site.prunable and _matches(layer_filter, site)]
+
+
+def _unheld(layers, wrappers) -> str | None:
+    """Why fine-tuning would let some of ``layers`` grow back (no wrapper holds them), or None.
+
+    The wrappers wrap copies of the layers, so they are matched by name.
+    """
+    missing = list((Counter(layer.name for layer in layers) - Counter(w.layer.name for w in wrappers)).elements())
+    if not missing:
+        return None
+    return (
+        f"iterative_prune cannot hold the zeros of layers inside custom layers while fine-tuning "
+        f"yet ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): they would grow "
+        "back. Prune them once with keras_prune.magnitude_prune, or leave them out with `layers`."
+    )
 
 
 def _fine_tune(model, layers, compile_config, data, epochs, batch_size, callbacks, verbose) -> keras.Model:
-    """Fine-tunes ``model`` with the zeros of ``layers`` held; returns it stripped and compiled."""
-    wrapped = prune_low_magnitude(
-        model, ConstantSparsity(0.0, begin_step=_NEVER), pruning_policy=_Selected(layers)
-    )
+    """Fine-tunes ``model`` with the zeros of ``layers`` held; returns it stripped and compiled.
+
+    Raises:
+        ValueError: before training, if some of ``layers`` sit where the pruning wrappers
+            cannot reach them (inside custom layers), so their zeros would not be held.
+    """
+    try:
+        wrapped = prune_low_magnitude(model, ConstantSparsity(0.0, begin_step=_NEVER), pruning_policy=_Selected(layers))
+    except ValueError as error:  # on a built, unwrapped model: none of `layers` could be wrapped
+        raise ValueError(_unheld(layers, []) or str(error)) from error
+    problem = _unheld(layers, collect_wrappers(wrapped))
+    if problem:
+        raise ValueError(problem)
     for wrapper in collect_wrappers(wrapped):
         wrapper.assign_masks([keras.ops.convert_to_numpy(w) != 0 for w in wrapper.prunable_weights()])
     wrapped.compile_from_config(compile_config)

@@ -2,6 +2,9 @@
 
 A call validates its arguments, selects the layers, checks their weights and computes every
 mask before any variable changes, so a bad call leaves the model exactly as it was.
+
+Layers are found at any depth by :mod:`keras_prune.traversal` (inside custom layers,
+KerasHub blocks, nested and subclassed models), with no declaration needed.
 """
 
 from __future__ import annotations
@@ -10,19 +13,14 @@ import math
 import re
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from keras_prune._validation import check_choice, check_sparsity
-from keras_prune.analysis.report import (
-    LayerWarning,
-    PruningReport,
-    iter_layers,
-    summarize,
-)
+from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
 from keras_prune.criteria import magnitude
 from keras_prune.masks import (
     check_pattern,
@@ -32,11 +30,12 @@ from keras_prune.masks import (
     pattern_misfit,
     threshold_mask,
 )
-from keras_prune.registry import UnsupportedLayerError, has_rule, prunable_weights
+from keras_prune.registry import UnsupportedLayerError
+from keras_prune.traversal import Site, walk, weight_sites
 from keras_prune.wrapper import PruneLowMagnitude
 
 SCOPES = ("layer", "global")
-LayerFilter = str | Callable[[keras.layers.Layer], bool] | None
+LayerFilter = str | Sequence[str] | Callable[[keras.layers.Layer], bool] | None
 
 
 def magnitude_prune(
@@ -62,8 +61,14 @@ def magnitude_prune(
         threshold: zero every weight whose magnitude is at most this (>= 0).
         scope: ``"layer"`` prunes each tensor to ``sparsity``; ``"global"`` ranks all
             selected weights together, so layers end with different sparsities.
-        layers: which layers to prune: a regular expression searched in each layer's path
-            (``"dense|conv"``), a callable ``layer -> bool``, or ``None`` for all.
+        layers: which layers to prune, at any depth: a regular expression searched in each
+            layer's path and in its name (``"dense|conv"``, ``"block_0/"``), a list of exact
+            layer paths or names (``["block/ffn", "logits"]``), a callable ``layer -> bool``,
+            or ``None`` for all. A path joins the names of the models and layers around a
+            layer (``"transformer_layer_0/self_attention/query"``); ``keras-prune inspect``
+            lists them. Weights keras-prune does not know how to prune (a custom layer's,
+            or those it keeps outside its sub-layers) stay dense and are named in
+            ``report.left_dense``; a selection of only such layers is an error.
         block_size: prune whole ``(rows, cols)`` blocks of each kernel's 2-D view.
         sparsity_m_by_n: ``(m, n)``: prune the m smallest of every n consecutive weights
             along the input axis (tfmot's convention, e.g. ``(2, 4)``).
@@ -77,8 +82,9 @@ def magnitude_prune(
 
     Raises:
         ValueError: bad arguments, a model with nothing to prune, a `layers` selection with
-            no prunable layer, a pattern that fits none of the selected weights, non-finite
-            weights, or a custom layer that declares no prunable weights.
+            no prunable layer (:class:`~keras_prune.UnsupportedLayerError` if it selects
+            custom layers that declare no prunable weights), a pattern that fits none of the
+            selected weights, or non-finite weights.
 
     Example:
         >>> model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(10),
@@ -160,10 +166,12 @@ def _check_threshold(threshold: object) -> None:
 def _check_layer_filter(layers: object) -> None:
     if layers is None or callable(layers):
         return
+    if isinstance(layers, (list, tuple)) and layers and all(isinstance(entry, str) for entry in layers):
+        return
     if not isinstance(layers, str):
         raise TypeError(
-            "Argument `layers` must be a regular expression (str), a callable "
-            f"`layer -> bool`, or None. Received: layers={layers!r}"
+            "Argument `layers` must be a regular expression (str), a non-empty list of layer "
+            f"paths or names, a callable `layer -> bool`, or None. Received: layers={layers!r}"
         )
     try:
         re.compile(layers)
@@ -176,42 +184,74 @@ def _check_layer_filter(layers: object) -> None:
 def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list[tuple[str, object]]:
     """``(layer path, variable)`` for every prunable weight of the layers ``layer_filter`` picks.
 
+    Layers are found at any depth (see :func:`keras_prune.traversal.weight_sites`); weights
+    keras-prune does not know how to prune are left out.
+
     Raises:
-        ValueError: the model is not built, it has nothing to prune, ``layer_filter`` picks
-            no layer with prunable weights, or a picked custom layer declares no prunable weights.
+        ValueError: the model is not built, it has nothing to prune, ``layer_filter`` (or an
+            entry of a list) picks no layer with prunable weights, or a picked layer is
+            wrapped for gradual pruning.
+        UnsupportedLayerError: ``layer_filter`` picks only layers holding weights keras-prune
+            does not know how to prune.
     """
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' has no weights yet; build it first (call it on data or "
             "`model.build(input_shape)`)."
         )
-    selected = []
-    for path, layer in iter_layers(model):
-        if not layer.weights or not _matches(layer_filter, layer, path):
-            continue
-        if isinstance(layer, PruneLowMagnitude):
+    sites = [site for site in weight_sites(model) if site.variables]
+    chosen = [site for site in sites if _matches(layer_filter, site)]
+    for site in chosen:
+        if isinstance(site.layer, PruneLowMagnitude):
             raise ValueError(
-                f"Layer '{path}' is wrapped for gradual pruning; remove the wrappers first with "
+                f"Layer '{site.path}' is wrapped for gradual pruning; remove the wrappers first with "
                 "keras_prune.strip_pruning(model) (CLI: keras-prune strip)."
             )
-        try:
-            variables = prunable_weights(layer)
-        except UnsupportedLayerError as error:
-            raise UnsupportedLayerError(
-                f"{error} To skip it, leave it out with the `layers` argument (CLI: --exclude)."
-            ) from None
-        selected.extend((path, variable) for variable in variables)
-    if not selected:
-        raise ValueError(_nothing_selected(model, layer_filter))
-    return selected
+    if isinstance(layer_filter, (list, tuple)):
+        for entry in layer_filter:
+            _check_picked(model, [site for site in sites if entry in (site.path, site.name)], layer_filter, entry)
+    _check_picked(model, chosen, layer_filter)
+    return [(site.path, variable) for site in chosen for variable in site.prunable]
+
+
+def _check_picked(model: keras.Model, picked: list[Site], layer_filter: LayerFilter, entry: str | None = None) -> None:
+    """Raises unless ``picked`` (the sites a selection, or one entry of a list, picks) has prunable weights."""
+    if any(site.prunable for site in picked):
+        return
+    unknown = [site for site in picked if site.reason]
+    if unknown:
+        raise UnsupportedLayerError(_only_unknown(model, unknown, layer_filter))
+    if entry is not None:
+        raise ValueError(
+            f"Argument `layers` names '{entry}', which is not the path or name of a layer with prunable "
+            f"weights of model '{model.name}' ({list_paths(ensure_prunable(model))}). Received: "
+            f"layers={layer_filter!r}; use these paths, or a regular expression (\"{entry}/\" picks "
+            "every layer inside it)."
+        )
+    raise ValueError(_nothing_selected(model, layer_filter))
+
+
+def _only_unknown(model: keras.Model, unknown: list[Site], layer_filter: LayerFilter) -> str:
+    site = unknown[0]
+    others = f" (and {len(unknown) - 1} more such layers)" if len(unknown) > 1 else ""
+    found = f"layer '{site.path}' ({type(site.layer).__name__}) {site.reason}{others}"
+    if layer_filter is None:
+        return (
+            f"Model '{model.name}' holds no weights keras-prune knows how to prune: {found}."
+        )
+    return (
+        f"Argument `layers` selects only layers whose weights keras-prune does not know how to prune, "
+        f"so nothing would be pruned: {found}, or select layers with prunable weights (CLI: "
+        f"--include/--exclude; `keras-prune inspect MODEL` lists them). Received: layers={layer_filter!r}"
+    )
 
 
 def prunable_paths(model: keras.Model) -> list[str]:
-    """Paths of the layers of ``model`` that a selection can pick for pruning.
+    """Paths of the layers of ``model`` that a selection can pick for pruning, at any depth.
 
     These are the layers holding prunable weights (or, unbuilt, of a type that has them),
-    and custom layers holding weights they do not declare (which a selection must leave
-    out, see :class:`keras_prune.PrunableLayer`).
+    and the layers holding weights keras-prune does not know how to prune (a selection of
+    only those is an error naming them, see :class:`keras_prune.PrunableLayer`).
 
     Example:
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
@@ -219,17 +259,7 @@ def prunable_paths(model: keras.Model) -> list[str]:
         >>> prunable_paths(model)
         ['out']
     """
-    paths = []
-    for path, layer in iter_layers(model):
-        if isinstance(layer, PruneLowMagnitude):
-            layer = layer.layer
-        try:
-            prunable = prunable_weights(layer) if layer.built else has_rule(layer)
-        except UnsupportedLayerError:
-            prunable = True
-        if prunable:
-            paths.append(path)
-    return paths
+    return [site.path for site in weight_sites(model) if site.prunable or site.reason or not site.variables]
 
 
 def ensure_prunable(model: keras.Model) -> list[str]:
@@ -240,7 +270,7 @@ def ensure_prunable(model: keras.Model) -> list[str]:
     """
     paths = prunable_paths(model)
     if not paths:
-        kinds = sorted({type(layer).__name__ for _, layer in iter_layers(model)})
+        kinds = sorted({type(layer).__name__ for _, layer in walk(model)})
         raise ValueError(
             f"Model '{model.name}' has nothing to prune: none of its layers ({', '.join(kinds) or 'none'}) "
             "holds prunable weights. keras-prune prunes Dense, Conv, Embedding, RNN and attention "
@@ -254,7 +284,7 @@ def _nothing_selected(model: keras.Model, layer_filter: LayerFilter) -> str:
     return (
         f"Argument `layers` selects none of the layers with prunable weights of model '{model.name}' "
         f"({list_paths(candidates)}). Received: layers={layer_filter!r}; pass a regular expression "
-        "found in these paths, a callable returning True for the layers to prune, or None for all "
+        "found in these paths, a list of them, a callable returning True for the layers to prune, or None for all "
         "(`keras-prune inspect MODEL` lists the paths)."
     )
 
@@ -330,12 +360,16 @@ def _no_fit_message(misfits, selected, block_size, sparsity_m_by_n) -> str:
     )
 
 
-def _matches(layer_filter: LayerFilter, layer, path: str) -> bool:
+def _matches(layer_filter: LayerFilter, site: Site) -> bool:
+    """Whether ``layer_filter`` picks ``site``: a regex found in its path or name, a list entry
+    equal to either, or a callable returning True for its layer."""
     if layer_filter is None:
         return True
     if callable(layer_filter):
-        return bool(layer_filter(layer))
-    return re.search(layer_filter, path) is not None
+        return bool(layer_filter(site.layer))
+    if isinstance(layer_filter, str):
+        return re.search(layer_filter, site.path) is not None or re.search(layer_filter, site.name) is not None
+    return site.path in layer_filter or site.name in layer_filter
 
 
 def plan_masks(

@@ -3,8 +3,10 @@
 Dispatch is by ``isinstance`` (so subclasses of supported layers are supported), most
 specific rule first. A custom layer declares its own prunable weights by subclassing
 :class:`PrunableLayer`. Built-in Keras layers without a rule (BatchNormalization, pooling,
-...) have nothing to prune; a custom layer that holds weights but declares nothing is an
-error, because guessing which of its weights are safe to zero would be silent damage.
+...) have nothing to prune. keras-prune never guesses which weights of a custom layer are
+safe to zero: :func:`prunable_weights` raises for a custom layer that holds weights but
+declares nothing, and one-shot pruning (see :mod:`keras_prune.traversal`) leaves such
+weights dense and names them in its report.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ def _separable(layer) -> list:
 
 def _embedding(layer) -> list:
     return [layer.embeddings]
+
+
+def _reversible_embedding(layer) -> list:
+    # Untied, the output projection (the LM head of Llama, Mistral, Phi-3...) is its own weight.
+    return [layer.embeddings] + ([] if layer.tie_weights else [layer.reverse_embeddings])
 
 
 def _attention(layer) -> list:
@@ -91,6 +98,7 @@ _RULES: list[tuple[type | tuple[type, ...], Callable[[keras.layers.Layer], list]
     (PrunableLayer, lambda layer: list(layer.get_prunable_weights())),
     ((layers.SeparableConv1D, layers.SeparableConv2D), _separable),
     (_KERNEL_LAYERS, _kernel),
+    (layers.ReversibleEmbedding, _reversible_embedding),
     (layers.Embedding, _embedding),
     (layers.MultiHeadAttention, _attention),
     (layers.Bidirectional, _bidirectional),

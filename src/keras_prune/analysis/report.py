@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 import keras
 import numpy as np
 
-from keras_prune.registry import UnsupportedLayerError, prunable_weights
+from keras_prune.traversal import Site, weight_sites
 from keras_prune.wrapper import PruneLowMagnitude
 
 # Candidate block shapes for pattern detection, largest area first.
@@ -30,7 +30,9 @@ class LayerSummary:
     """One layer's row in a :class:`PruningReport`.
 
     Attributes:
-        path: the layer's name, prefixed by nested models' names (``"encoder/dense_1"``).
+        path: the layer's unique path: its name, prefixed by the names of the models and
+            layers around it (``"encoder/block_0/ffn"``, see :mod:`keras_prune.traversal`).
+            The row of a custom layer's own weights (outside its sub-layers) has its path.
         type: the layer's class name.
         params: number of weights the layer holds (kernels, biases, statistics).
         prunable: number of those weights pruning may zero.
@@ -38,7 +40,8 @@ class LayerSummary:
         sparsity: fraction of the ``prunable`` weights that are exactly zero.
         pattern: ``"dense"``, ``"unstructured"``, ``"M:N"`` (M zeros in every N consecutive
             input weights), ``"block RxC"``, ``"mixed"``, ``"-"`` (nothing prunable) or
-            ``"unsupported"`` (a custom layer that declares no prunable weights).
+            ``"unsupported"`` (weights of a custom layer that declares none prunable: they
+            stay dense, see :attr:`PruningReport.left_dense`).
         dense_bytes: bytes of all the layer's weights stored densely.
         compressed_bytes: estimated bytes with prunable tensors stored sparsely.
     """
@@ -56,12 +59,12 @@ class LayerSummary:
 
 @dataclasses.dataclass(frozen=True)
 class LayerWarning:
-    """Something a pruning run could not do as asked for one layer, kept in its report.
+    """A note on one layer kept in a report: what could not be done as asked, or stays dense.
 
     Attributes:
         layer: the layer's path, as in :class:`LayerSummary`.
         message: what happened to the layer and why (for example a pattern that does not
-            fit its weights).
+            fit its weights, or weights keras-prune does not know how to prune).
     """
 
     layer: str
@@ -81,6 +84,9 @@ class PruningReport:
         history: per-round records of an iterative run (sparsity, metrics).
         warnings: one :class:`LayerWarning` per layer the run could not prune as asked
             (printed under the table).
+        left_dense: one :class:`LayerWarning` per layer holding weights keras-prune does not
+            know how to prune (custom layers, their own weights outside their sub-layers),
+            with the reason; they stay dense (printed under the table, grouped).
         model: the model the report describes (not serialized).
 
     Example:
@@ -93,6 +99,7 @@ class PruningReport:
     settings: dict = dataclasses.field(default_factory=dict)
     history: list[dict] = dataclasses.field(default_factory=list)
     warnings: list[LayerWarning] = dataclasses.field(default_factory=list)
+    left_dense: list[LayerWarning] = dataclasses.field(default_factory=list)
     model: keras.Model | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -114,13 +121,15 @@ class PruningReport:
         raise KeyError(f"No layer '{path}' in this report; known: {[r.path for r in self.layers]}")
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict: ``layers``, ``totals``, ``settings``, ``history`` and ``warnings``."""
+        """A JSON-ready dict: ``layers``, ``totals``, ``settings``, ``history``, ``warnings``
+        and ``left_dense``."""
         return {
             "layers": [dataclasses.asdict(row) for row in self.layers],
             "totals": self.totals,
             "settings": dict(self.settings),
             "history": list(self.history),
             "warnings": [dataclasses.asdict(warning) for warning in self.warnings],
+            "left_dense": [dataclasses.asdict(note) for note in self.left_dense],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -145,7 +154,9 @@ class PruningReport:
             ("compressed", f"{_human(t['compressed_bytes'])} ({t['compression']:.2f}x)", "right"),
         ]
         for header, footer, justify in columns:
-            table.add_column(header, footer=footer, justify=justify)
+            # Paths are what --include/--exclude match: show them whole, wrapped if need be.
+            overflow = "fold" if header == "layer" else "ellipsis"
+            table.add_column(header, footer=footer, justify=justify, overflow=overflow)
         for row in self.layers:
             table.add_row(
                 row.path,
@@ -161,17 +172,35 @@ class PruningReport:
         return table
 
     def print(self, console=None, title: str | None = None) -> None:
-        """Prints the table, then any warnings, to ``console`` (a ``rich.console.Console``; stdout by default)."""
+        """Prints the table, the layers left dense, then any warnings, to ``console``
+        (a ``rich.console.Console``; stdout by default)."""
         from rich.console import Console
 
         console = console or Console()
         console.print(self.to_table(title))
+        for line in self.left_dense_lines():
+            console.print(line, style="dim", markup=False, highlight=False, soft_wrap=True)
         for line in self.warning_lines():
             console.print(line, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
     def warning_lines(self) -> list[str]:
         """One ``"warning: <layer>: <message>"`` line per warning."""
         return [f"warning: {warning}" for warning in self.warnings]
+
+    def left_dense_lines(self, limit: int = 3) -> list[str]:
+        """``"left dense: <layers>: <reason>"``, one line per distinct reason.
+
+        Layers with the same reason (the norms of every block, say) share a line that names
+        the first ``limit`` of them and counts the others.
+        """
+        groups: dict[str, list[str]] = {}
+        for note in self.left_dense:
+            groups.setdefault(note.message, []).append(note.layer)
+        lines = []
+        for message, paths in groups.items():
+            more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+            lines.append(f"left dense: {', '.join(paths[:limit])}{more}: {message}")
+        return lines
 
     def __str__(self) -> str:
         from rich.console import Console
@@ -202,7 +231,9 @@ def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningRep
         settings: optional record of how the model was pruned, kept in the report.
 
     Returns:
-        A :class:`PruningReport` with one row per layer that holds weights.
+        A :class:`PruningReport` with one row per :class:`~keras_prune.traversal.Site`
+        holding weights, at any depth (layers inside custom layers and nested models too),
+        and the layers it leaves dense with their reasons (``report.left_dense``).
 
     Example:
         >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -210,43 +241,41 @@ def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningRep
         >>> report.layers[0].params, report.totals["sparsity"]
         (10, 0.0)
     """
-    rows = [_layer_summary(path, layer) for path, layer in iter_layers(model) if layer.weights]
-    return PruningReport(layers=rows, settings=dict(settings or {}), model=model)
+    sites = [site for site in weight_sites(model) if site.variables]
+    return PruningReport(
+        layers=[_layer_summary(site) for site in sites],
+        settings=dict(settings or {}),
+        left_dense=[LayerWarning(site.path, site.reason) for site in sites if site.reason],
+        model=model,
+    )
 
 
-def iter_layers(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
-    """``(path, layer)`` for the layers of ``model``, descending into nested models.
+def iter_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
+    """``(path, layer)`` for every layer of ``model`` that holds weights, at any depth.
 
-    A path joins the names of the nested models and the layer (``"encoder/dense_1"``); it
-    does not change when the model is saved and reloaded. Weights a subclassed model creates
-    itself, outside any layer, are not visited.
+    One pair per :class:`~keras_prune.traversal.Site`: a layer inside a custom layer or a
+    nested model is visited once, with a unique path that joins the names around it
+    (``"encoder/block_0/ffn"``) and does not change when the model is saved and reloaded.
     """
-    children = model.layers if isinstance(model, keras.Model) else [model]
-    for layer in children:
-        path = f"{prefix}{layer.name}"
-        if isinstance(layer, keras.Model):  # Sequential, functional or subclassed
-            yield from iter_layers(layer, prefix=f"{path}/")
-        else:
-            yield path, layer
+    for site in weight_sites(model):
+        yield site.path, site.layer
 
 
-def _layer_summary(path: str, layer: keras.layers.Layer) -> LayerSummary:
-    kind = type(layer).__name__
-    if isinstance(layer, PruneLowMagnitude):
-        # Count the wrapped layer's own weights; masks and step counters are not the model's.
-        kind, layer = f"{kind}({type(layer.layer).__name__})", layer.layer
-    try:
-        prunable = [np.asarray(keras.ops.convert_to_numpy(v)) for v in prunable_weights(layer)]
-        pattern = _merge_patterns([detect_pattern(w) for w in prunable]) if prunable else "-"
-    except UnsupportedLayerError:
-        prunable, pattern = [], "unsupported"
-    all_weights = [np.asarray(keras.ops.convert_to_numpy(v)) for v in layer.weights]
+def _layer_summary(site: Site) -> LayerSummary:
+    kind = type(site.layer).__name__
+    if isinstance(site.layer, PruneLowMagnitude):
+        kind = f"{kind}({type(site.layer.layer).__name__})"
+    prunable = [np.asarray(keras.ops.convert_to_numpy(v)) for v in site.prunable]
+    pattern = _merge_patterns([detect_pattern(w) for w in prunable]) if prunable else "-"
+    if site.reason:
+        pattern = "unsupported"
+    all_weights = [np.asarray(keras.ops.convert_to_numpy(v)) for v in site.variables]
     n_prunable = sum(w.size for w in prunable)
     zeros = sum(int(w.size - np.count_nonzero(w)) for w in prunable)
     dense = sum(w.nbytes for w in all_weights)
     saved = sum(w.nbytes - sparse_bytes(w) for w in prunable)
     return LayerSummary(
-        path=path,
+        path=site.path,
         type=kind,
         params=sum(w.size for w in all_weights),
         prunable=n_prunable,
