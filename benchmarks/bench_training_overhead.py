@@ -85,7 +85,7 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 class TimedUpdatePruningStep(keras_prune.UpdatePruningStep):
-    """Sums the time of its per-batch hooks (the masks themselves update inside the train step).
+    """Sums the time of its per-batch hooks (mask updates included: one step per batch here).
 
     Kept across `fit` calls (the step carries over from the wrappers); `reset()` starts a new count.
     """
@@ -153,7 +153,7 @@ class Variant:
                 "sparsity": 1.0 - nonzero / total}
 
     def breakdown(self) -> dict:
-        """Per batch: the callback's own work; and what one mask recomputation costs on the host."""
+        """Per batch: the callback's work (mask updates included); and one mask recomputation's stages."""
         step = self.update_step
         return {
             "batches": step.batches,
@@ -249,8 +249,8 @@ def report(summary: dict) -> None:
         print(line)
     print("where the pruned runs spend their extra time (per batch):")
     for name, p in summary["breakdown"].items():
-        print(f"  {name:>5}: callback {p['callback_us_per_batch']:.0f} us; the rest is in the compiled step "
-              "(mask updates included)")
+        print(f"  {name:>5}: callback {p['callback_us_per_batch']:.0f} us per batch (mask updates included); "
+              "the rest is in the compiled step")
         stages = ", ".join(f"{k} {v:.1f} ms" for k, v in p["one_mask_update_ms"].items())
         print(f"         one mask update of all layers: {stages}")
 

@@ -34,3 +34,21 @@ def compile_classifier(model, optimizer="adam", **kwargs):
 
 def zero_fraction(array):
     return float(np.mean(keras.ops.convert_to_numpy(array) == 0))
+
+
+def run_cli(capsys, *argv):
+    """Runs ``keras-prune ARGV`` in-process; returns ``(exit code, stdout, stderr)``."""
+    from keras_prune.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_failure(code, err, *phrases):
+    """Exit 1 with one line on stderr, no traceback, holding every phrase."""
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]

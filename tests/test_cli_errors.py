@@ -16,6 +16,8 @@ from keras_prune.cli import CLIError, main
 from keras_prune.export import litert
 from keras_prune.export.sizes import file_sizes
 
+from helpers import run_cli
+
 pytestmark = pytest.mark.core
 
 
@@ -47,12 +49,6 @@ def trained(model):
     return model
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def assert_failure(code, err, *phrases, lines=1):
     assert code == 1, err
     assert "Traceback" not in err and 'File "' not in err, err
@@ -78,13 +74,13 @@ def model_file(tmp_path):
 
 def test_the_hidden_reason_of_a_load_failure_is_shown(capsys, tmp_path):
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Doubler()]).save(tmp_path / "custom.keras")
-    code, _, err = run(capsys, "inspect", tmp_path / "custom.keras")
+    code, _, err = run_cli(capsys, "inspect", tmp_path / "custom.keras")
     assert_failure(code, err, "Could not locate class 'Doubler'", "custom.keras")
     assert "Full object config" not in err
 
     (tmp_path / "arch.json").write_text(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")]).to_json())
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="d")]).save_weights(tmp_path / "wrong.weights.h5")
-    code, _, err = run(capsys, "inspect", tmp_path / "arch.json", "--weights", tmp_path / "wrong.weights.h5")
+    code, _, err = run_cli(capsys, "inspect", tmp_path / "arch.json", "--weights", tmp_path / "wrong.weights.h5")
     assert_failure(code, err, "wrong.weights.h5", "variable.shape=(4, 3)", "value.shape=(4, 5)")
 
 
@@ -98,7 +94,7 @@ def failing_fit(*args, **kwargs):
 @pytest.mark.tensorflow_only
 def test_any_exception_is_one_line_without_traceback(capsys, monkeypatch, model_file):
     monkeypatch.setattr(keras_prune.analysis, "summarize", failing_fit)
-    code, _, err = run(capsys, "inspect", model_file)
+    code, _, err = run_cli(capsys, "inspect", model_file)
     assert_failure(code, err, "keras-prune inspect: error:", "Received a label value of 7")
 
 
@@ -110,7 +106,7 @@ def test_a_wrapped_error_shows_its_innermost_cause(capsys, monkeypatch, model_fi
             raise RuntimeError("Something generic failed:\n\n  details follow") from error
 
     monkeypatch.setattr(keras_prune.analysis, "summarize", fail)
-    code, _, err = run(capsys, "inspect", model_file)
+    code, _, err = run_cli(capsys, "inspect", model_file)
     assert_failure(code, err, "Something generic failed: details follow", "caused by KeyError: 'shape'", lines=2)
 
 
@@ -119,7 +115,7 @@ def test_a_long_message_keeps_its_start_and_its_fix(capsys, monkeypatch, model_f
         raise CLIError("Cannot do it (" + "a long detail " * 100 + "); pass --the-fix.")
 
     monkeypatch.setattr(keras_prune.analysis, "summarize", fail)
-    code, _, err = run(capsys, "inspect", model_file)
+    code, _, err = run_cli(capsys, "inspect", model_file)
     assert_failure(code, err, "keras-prune inspect: error: Cannot do it (a long", " ... ", "pass --the-fix.")
     assert len(err.strip()) <= 500 and "CLIError" not in err
 
@@ -129,7 +125,7 @@ def test_interrupt_exits_130_and_debug_mode_reraises(capsys, monkeypatch, model_
         raise KeyboardInterrupt
 
     monkeypatch.setattr(keras_prune.analysis, "summarize", interrupt)
-    code, _, err = run(capsys, "inspect", model_file)
+    code, _, err = run_cli(capsys, "inspect", model_file)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
 
     monkeypatch.setattr(keras_prune.analysis, "summarize", lambda *a, **k: 1 / 0)
@@ -137,7 +133,7 @@ def test_interrupt_exits_130_and_debug_mode_reraises(capsys, monkeypatch, model_
     with pytest.raises(ZeroDivisionError):
         main(["inspect", str(model_file)])
     monkeypatch.setenv("KERAS_PRUNE_DEBUG", "0")
-    assert run(capsys, "inspect", model_file)[0] == 1
+    assert run_cli(capsys, "inspect", model_file)[0] == 1
 
 
 @pytest.mark.parametrize(
@@ -146,14 +142,14 @@ def test_interrupt_exits_130_and_debug_mode_reraises(capsys, monkeypatch, model_
      ["export", "m.keras", "-o", "x.kpsparse", "--values", "int4"], ["demo", "--epochs", "many"]],
 )
 def test_usage_errors_exit_2(capsys, argv):
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and "usage:" in err and "Traceback" not in err
 
 
 def test_help_exits_0_and_documents_exit_codes_and_debugging(capsys):
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "KERAS_PRUNE_DEBUG=1" in out and "2 usage error" in out
-    assert "--keep-optimizer" in run(capsys, "prune", "--help")[1]
+    assert "--keep-optimizer" in run_cli(capsys, "prune", "--help")[1]
 
 
 def test_subprocess_failures_have_no_traceback(tmp_path):
@@ -181,14 +177,14 @@ def predict(model, x):
 def test_multi_output_models_export_and_load(capsys, tmp_path):
     model = two_outputs()
     model.save(tmp_path / "multi.keras")
-    code, out, err = run(capsys, "export", tmp_path / "multi.keras", "-o", tmp_path / "o.kpsparse")
+    code, out, err = run_cli(capsys, "export", tmp_path / "multi.keras", "-o", tmp_path / "o.kpsparse")
     assert code == 0 and "max |output difference| on 8 random inputs: 0" in out, err
     x = np.random.default_rng(0).random((5, 16)).astype("float32")
     loaded = keras_prune.load_sparse(tmp_path / "o.kpsparse")
     for expected, actual in zip(predict(model, x), predict(loaded, x)):
         np.testing.assert_array_equal(expected, actual)
     if keras.backend.backend() == "tensorflow":
-        code, out, err = run(capsys, "export", tmp_path / "multi.keras", "-o", tmp_path / "o.tflite")
+        code, out, err = run_cli(capsys, "export", tmp_path / "multi.keras", "-o", tmp_path / "o.tflite")
         assert code == 0 and (tmp_path / "o.tflite").exists(), err
         content = (tmp_path / "o.tflite").read_bytes()
         assert [o.shape for o in litert.litert_outputs(model, content, x)] == [(5, 2), (5, 3)]
@@ -201,7 +197,7 @@ def test_a_failed_export_check_leaves_no_file(capsys, monkeypatch, tmp_path, mod
         pytest.skip("LiteRT needs the TensorFlow backend")
     monkeypatch.setattr(keras_prune, "load_sparse", lambda *a, **k: np.asarray([[1, 2], [3]]))
     monkeypatch.setattr(litert, "litert_max_abs_diff", lambda *a, **k: np.asarray([[1, 2], [3]]))
-    code, _, err = run(capsys, "export", model_file, "-o", tmp_path / f"m.{fmt}")
+    code, _, err = run_cli(capsys, "export", model_file, "-o", tmp_path / f"m.{fmt}")
     assert_failure(code, err, "inhomogeneous")
     assert leftovers(tmp_path, "model.keras") == []
 
@@ -213,7 +209,7 @@ def test_a_failed_save_leaves_no_file(capsys, monkeypatch, tmp_path, model_file)
 
     monkeypatch.setattr(io, "write_model", half_then_fail)
     for argv in (["prune", "--sparsity", "0.5"], ["strip"]):
-        code, _, err = run(capsys, argv[0], model_file, "-o", tmp_path / "out.keras", *argv[1:])
+        code, _, err = run_cli(capsys, argv[0], model_file, "-o", tmp_path / "out.keras", *argv[1:])
         assert_failure(code, err, "No space left on device", lines=2)  # strip adds its note
         assert leftovers(tmp_path, "model.keras") == []
     with pytest.raises(OSError):
@@ -228,9 +224,9 @@ def test_saved_models_have_compile_settings_but_no_optimizer_state(capsys, tmp_p
     plain = tmp_path / "plain.keras"
     mlp(512).save(plain)
     pruned, kept, final = tmp_path / "pruned.keras", tmp_path / "kept.keras", tmp_path / "final.keras"
-    assert run(capsys, "prune", model_file, "-o", pruned, "--sparsity", "0.5")[0] == 0
-    assert run(capsys, "prune", model_file, "-o", kept, "--sparsity", "0.5", "--keep-optimizer")[0] == 0
-    assert run(capsys, "strip", pruned, "-o", final)[0] == 0
+    assert run_cli(capsys, "prune", model_file, "-o", pruned, "--sparsity", "0.5")[0] == 0
+    assert run_cli(capsys, "prune", model_file, "-o", kept, "--sparsity", "0.5", "--keep-optimizer")[0] == 0
+    assert run_cli(capsys, "strip", pruned, "-o", final)[0] == 0
     size = plain.stat().st_size
     assert pruned.stat().st_size < 1.1 * size and final.stat().st_size < 1.1 * size
     assert kept.stat().st_size > 2 * size  # Adam's two moments per weight
@@ -244,7 +240,7 @@ def test_saved_models_have_compile_settings_but_no_optimizer_state(capsys, tmp_p
 
 def test_export_and_size_measure_the_same_bytes(capsys, tmp_path, model_file):
     pruned = tmp_path / "pruned.keras"
-    assert run(capsys, "prune", model_file, "-o", pruned, "--sparsity", "0.8")[0] == 0
+    assert run_cli(capsys, "prune", model_file, "-o", pruned, "--sparsity", "0.8")[0] == 0
     sizes = file_sizes(io.load_model(pruned), litert=False)
     assert sizes["keras"] == pytest.approx(pruned.stat().st_size, rel=0.1)  # + the compile settings
 
@@ -281,10 +277,10 @@ def mixed_file(tmp_path):
 
 @pytest.mark.tensorflow_only
 def test_mixed_precision_models_export_to_litert_and_size(capsys, tmp_path, mixed_file):
-    code, out, err = run(capsys, "export", mixed_file, "-o", tmp_path / "m.tflite")
+    code, out, err = run_cli(capsys, "export", mixed_file, "-o", tmp_path / "m.tflite")
     assert code == 0 and (tmp_path / "m.tflite").exists(), err
     assert float(out.rsplit(":", 1)[1]) < 0.05  # float16 Keras vs its float32 LiteRT copy
-    code, out, err = run(capsys, "size", mixed_file)
+    code, out, err = run_cli(capsys, "size", mixed_file)
     assert code == 0 and "LiteRT" in out and ".kpsparse, int8" in out, err
 
 
@@ -307,7 +303,7 @@ def test_a_failed_litert_conversion_is_one_line(capfd, monkeypatch, tmp_path, mi
 
 
 def test_strip_writes_a_model_without_wrappers_as_it_is(capsys, tmp_path, model_file):
-    code, _, err = run(capsys, "strip", model_file, "-o", tmp_path / "final.keras")
+    code, _, err = run_cli(capsys, "strip", model_file, "-o", tmp_path / "final.keras")
     assert code == 0 and err.strip() == f"note: '{model_file}' has no pruning wrappers; writing it as it is."
     original, final = keras.saving.load_model(model_file), io.load_model(tmp_path / "final.keras")
     assert all(np.array_equal(a, b) for a, b in zip(original.get_weights(), final.get_weights()))

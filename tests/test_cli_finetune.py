@@ -4,9 +4,11 @@ import keras
 import numpy as np
 import pytest
 
-from keras_prune.cli import finetune, main
+from keras_prune.cli import finetune
 from keras_prune.masks import prune_count
 from keras_prune.training_data import load_training_data
+
+from helpers import run_cli
 
 pytestmark = pytest.mark.core
 
@@ -27,12 +29,6 @@ def make_files(tmp_path, compiled=True):
     return tmp_path / "model.keras", tmp_path / "data.npz"
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def zeros(path, name):
     kernel = keras.ops.convert_to_numpy(keras.saving.load_model(path).get_layer(name).kernel)
     return int(np.count_nonzero(kernel == 0))
@@ -41,7 +37,7 @@ def zeros(path, name):
 def test_finetune_reaches_exact_sparsity_and_cleans_up(capsys, tmp_path):
     model, data = make_files(tmp_path)
     out = tmp_path / "out.keras"
-    code, stdout, err = run(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.75",
+    code, stdout, err = run_cli(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.75",
                             "--epochs", "2", "--batch-size", "16", "--quiet")
     assert code == 0, err
     assert zeros(out, "hidden") == prune_count(0.75, 128) and zeros(out, "logits") == prune_count(0.75, 32)
@@ -63,7 +59,7 @@ def test_interrupted_run_resumes_from_the_checkpoint(capsys, tmp_path, monkeypat
             raise KeyboardInterrupt
 
     monkeypatch.setattr(finetune.Checkpoint, "save", save_then_interrupt)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 130 and "rerun the same command to resume" in err
     assert not out.exists()
     assert sorted(p.name for p in (tmp_path / "out.keras.ckpt").iterdir()) == [".keras-prune-checkpoint", "epoch-2.keras",
@@ -75,9 +71,9 @@ def test_interrupted_run_resumes_from_the_checkpoint(capsys, tmp_path, monkeypat
     monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: epochs_run.append(k["epochs"] - k["initial_epoch"]) or real_fit(self, *a, **k))
     changed = [*argv[:-2], "--sparsity", "0.6"]  # a different run must not pick up this checkpoint
     changed[argv.index("--sparsity") + 1] = "0.6"
-    code, _, err = run(capsys, *changed[:-2])
+    code, _, err = run_cli(capsys, *changed[:-2])
     assert code == 1 and "different run" in err and "--restart" in err
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert "Resuming from epoch 2/3" in err and epochs_run == [1]
     assert zeros(out, "hidden") == 64 and zeros(out, "logits") == 0
@@ -87,12 +83,12 @@ def test_interrupted_run_resumes_from_the_checkpoint(capsys, tmp_path, monkeypat
 def test_loss_comes_from_flags_when_the_model_has_none(capsys, tmp_path):
     model, data = make_files(tmp_path, compiled=False)
     out = tmp_path / "out.keras"
-    code, _, err = run(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet")
+    code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet")
     assert code == 1 and "saved without a loss; pass --loss" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet",
+    code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet",
                        "--loss", "no_such_loss")
     assert code == 1 and "--loss" in err
-    code, _, err = run(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet",
+    code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", out, "--sparsity", "0.5", "--quiet",
                        "--epochs", "1", "--batch-size", "32", "--loss", "sparse_categorical_crossentropy", "--learning-rate", "0.001",
                        "--schedule", "constant")
     assert code == 0, err
@@ -114,7 +110,7 @@ def test_bad_data_is_refused_before_training(capsys, tmp_path):
     out = tmp_path / "out.keras"
     for arrays, phrase in BAD_DATA:
         np.savez(tmp_path / "bad.npz", **arrays)
-        code, _, err = run(capsys, "finetune", model, "--data", tmp_path / "bad.npz", "-o", out, "--sparsity", "0.5")
+        code, _, err = run_cli(capsys, "finetune", model, "--data", tmp_path / "bad.npz", "-o", out, "--sparsity", "0.5")
         assert code == 1 and phrase in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert not out.exists() and not (tmp_path / "out.keras.ckpt").exists()
 
@@ -129,12 +125,12 @@ def test_bad_finetune_arguments(capsys, tmp_path):
         (["--sparsity", "0.5", "--epochs", "0"], "--epochs"),
         (["--sparsity", "0.5", "--frequency", "0"], "--frequency"),
     ]:
-        code, _, err = run(capsys, "finetune", model, "--data", data, "-o", out, *extra)
+        code, _, err = run_cli(capsys, "finetune", model, "--data", data, "-o", out, *extra)
         assert code == 1 and phrase in err, (extra, err)
-    code, _, err = run(capsys, "finetune", model, "--data", tmp_path / "none.npz", "-o", out, "--sparsity", "0.5")
+    code, _, err = run_cli(capsys, "finetune", model, "--data", tmp_path / "none.npz", "-o", out, "--sparsity", "0.5")
     assert code == 1 and "does not exist" in err
     (tmp_path / "text.npz").write_text("not numpy")
-    code, _, err = run(capsys, "finetune", model, "--data", tmp_path / "text.npz", "-o", out, "--sparsity", "0.5")
+    code, _, err = run_cli(capsys, "finetune", model, "--data", tmp_path / "text.npz", "-o", out, "--sparsity", "0.5")
     assert code == 1 and "not a readable .npz" in err
     assert not out.exists()
 
@@ -178,5 +174,5 @@ def test_validation_split_and_channel_hint(tmp_path):
 
 
 def test_help(capsys):
-    code, out, _ = run(capsys, "finetune", "--help")
+    code, out, _ = run_cli(capsys, "finetune", "--help")
     assert code == 0 and "resume" in out and "M:N" in out

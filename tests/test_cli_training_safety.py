@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import keras_prune as kp
-from keras_prune.cli import main
 from keras_prune.cli._checkpoint import MARKER, Checkpoint
 from keras_prune.cli._training import NonFiniteTraining, finite_guard
 from keras_prune.io import error_summary
+
+from helpers import run_cli
 
 pytestmark = pytest.mark.core
 
@@ -33,12 +34,6 @@ def files(tmp_path):
                   metrics=["accuracy"])
     model.save(tmp_path / "model.keras")
     return tmp_path
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def finetune(files, *extra, out="out.keras"):
@@ -71,12 +66,12 @@ def listing(folder):
 def test_an_existing_folder_that_is_not_a_checkpoint_is_refused_and_kept(files, capsys, monkeypatch):
     (files / "results").mkdir()
     (files / "results" / "notes.txt").write_text("mine")
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "results"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "results"))
     assert code == 1 and "'" + str(files / "results") + "' already exists" in err and "--checkpoint-dir" in err
     assert listing(files / "results") == ["notes.txt"] and not (files / "out.keras").exists()
 
     monkeypatch.chdir(files)  # the working folder itself
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", ".", out="../elsewhere.keras"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", ".", out="../elsewhere.keras"))
     assert code == 1 and "checkpoint folder '.'" in err.lower()
     assert {"model.keras", "data.npz", "results"} <= set(listing(files))
 
@@ -84,13 +79,13 @@ def test_an_existing_folder_that_is_not_a_checkpoint_is_refused_and_kept(files, 
 def test_outputs_and_inputs_may_not_overlap_the_checkpoint_folder(files, capsys):
     (files / "ck").mkdir()
     argv = finetune(files, "--epochs", "1", "--checkpoint-dir", files / "ck", out="ck/out.keras")
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1 and "is inside the checkpoint folder" in err
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "data.npz"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "data.npz"))
     assert code == 1 and "overlaps the input" in err
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files))
     assert code == 1 and "is inside the checkpoint folder" in err
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "no" / "ck"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--checkpoint-dir", files / "no" / "ck"))
     assert code == 1 and "does not exist; create it first" in err
     assert listing(files) == ["ck", "data.npz", "model.keras"] and listing(files / "ck") == []
 
@@ -98,11 +93,11 @@ def test_outputs_and_inputs_may_not_overlap_the_checkpoint_folder(files, capsys)
 def test_a_marked_checkpoint_with_foreign_files_is_refused(files, capsys, monkeypatch):
     argv = finetune(files, "--epochs", "2")
     interrupt_after(monkeypatch, 1)
-    assert run(capsys, *argv)[0] == 130
+    assert run_cli(capsys, *argv)[0] == 130
     folder = files / "out.keras.ckpt"
     assert listing(folder) == [MARKER, "epoch-1.keras", "state.json"]
     (folder / "diary.txt").write_text("mine")
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1 and "holds files keras-prune did not write (diary.txt)" in err
     assert listing(folder) == [MARKER, "diary.txt", "epoch-1.keras", "state.json"]
 
@@ -112,9 +107,9 @@ def test_success_removes_only_its_own_files_and_its_own_folder(files, capsys, mo
     folder = files / "runs" / "ck"
     argv = finetune(files, "--epochs", "2", "--checkpoint-dir", folder)
     real_save = interrupt_after(monkeypatch, 1)
-    assert run(capsys, *argv)[0] == 130
+    assert run_cli(capsys, *argv)[0] == 130
     monkeypatch.setattr(Checkpoint, "save", real_save)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 0 and "Resuming from epoch 1/2" in err
     assert not folder.exists() and (files / "runs").is_dir() and (files / "out.keras").is_file()
 
@@ -123,33 +118,33 @@ def test_restart_deletes_nothing_until_the_run_succeeds(files, capsys, monkeypat
     argv = finetune(files, "--epochs", "3")
     folder = files / "out.keras.ckpt"
     real_save = interrupt_after(monkeypatch, 2)
-    assert run(capsys, *argv)[0] == 130
+    assert run_cli(capsys, *argv)[0] == 130
     old_state = (folder / "state.json").read_text()
 
-    code, _, err = run(capsys, *argv, "--restart", "--loss", "no_such_loss")  # fails before training
+    code, _, err = run_cli(capsys, *argv, "--restart", "--loss", "no_such_loss")  # fails before training
     assert code == 1 and "no_such_loss" in err
     assert listing(folder) == [MARKER, "epoch-2.keras", "state.json"]
     assert (folder / "state.json").read_text() == old_state
 
     monkeypatch.setattr(Checkpoint, "save", real_save)
     interrupt_after(monkeypatch, 1)  # the new run replaces the old checkpoint epoch by epoch
-    assert run(capsys, *argv, "--restart")[0] == 130
+    assert run_cli(capsys, *argv, "--restart")[0] == 130
     assert listing(folder) == [MARKER, "epoch-1.keras", "state.json"]
     assert json.loads((folder / "state.json").read_text())["epochs_done"] == 1
 
     monkeypatch.setattr(Checkpoint, "save", real_save)
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 0 and "Resuming from epoch 1/3" in err and not folder.exists()
 
 
 def test_a_damaged_checkpoint_names_the_cause_and_the_fix(files, capsys, monkeypatch):
     argv = finetune(files, "--epochs", "2")
     interrupt_after(monkeypatch, 1)
-    assert run(capsys, *argv)[0] == 130
+    assert run_cli(capsys, *argv)[0] == 130
     folder = files / "out.keras.ckpt"
     (folder / "epoch-1.keras").write_bytes(b"not a zip")
     monkeypatch.undo()
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1 and "cannot be loaded" in err and "--restart" in err and len(err.strip().splitlines()) == 1
     assert (folder / "epoch-1.keras").exists() and not (files / "out.keras").exists()
 
@@ -157,12 +152,12 @@ def test_a_damaged_checkpoint_names_the_cause_and_the_fix(files, capsys, monkeyp
 def test_a_checkpoint_is_not_resumed_on_changed_data(files, capsys, monkeypatch):
     argv = finetune(files, "--epochs", "2")
     interrupt_after(monkeypatch, 1)
-    assert run(capsys, *argv)[0] == 130
+    assert run_cli(capsys, *argv)[0] == 130
     with np.load(files / "data.npz") as arrays:
         changed = {key: arrays[key] for key in arrays.files}
     changed["y_train"] = 1 - changed["y_train"]
     np.savez(files / "data.npz", **changed)  # same path, other labels
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1 and "different run" in err and "--restart" in err
 
 
@@ -176,7 +171,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(files, cap
 
     real_save = interrupt_after(monkeypatch, 1, then=poison)
     argv = finetune(files, "--epochs", "3")
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 1 and "the loss became nan at epoch 2" in err and len(err.strip().splitlines()) == 1
     assert "Checkpoint" in err and "keeps epoch 1/3" in err and "--learning-rate" in err
     folder = files / "out.keras.ckpt"
@@ -186,12 +181,12 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(files, cap
     assert all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in saved.weights)
 
     monkeypatch.setattr(Checkpoint, "save", real_save)  # the good checkpoint resumes
-    code, _, err = run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 0 and "Resuming from epoch 1/3" in err
 
 
 def test_a_diverging_learning_rate_writes_nothing(files, capsys):
-    code, _, err = run(capsys, *finetune(files, "--epochs", "2", "--optimizer", "sgd", "--learning-rate", "1e30"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "2", "--optimizer", "sgd", "--learning-rate", "1e30"))
     assert code == 1 and "Training diverged" in err and "Nothing was written" in err
     assert listing(files) == ["data.npz", "model.keras"]
 
@@ -218,7 +213,7 @@ def test_non_finite_weights_stop_before_the_checkpoint():
     (["--image-scale", "inf"], "--image-scale must be a finite number > 0"),
 ])
 def test_flags_that_cannot_work_are_refused_before_any_work(files, capsys, extra, phrase):
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", *extra))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", *extra))
     assert code == 1 and phrase in err and len(err.strip().splitlines()) == 1, err
     assert listing(files) == ["data.npz", "model.keras"]
 
@@ -230,7 +225,7 @@ def test_flags_that_cannot_work_are_refused_before_any_work(files, capsys, extra
 ])
 def test_non_finite_labels_are_refused(files, capsys, y, phrase):
     np.savez(files / "data.npz", x_train=np.zeros((64, 8), "float32"), y_train=y)
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1"))
     assert code == 1 and phrase in err, err
     assert not (files / "out.keras").exists()
 
@@ -239,15 +234,15 @@ def test_labels_of_shape_n_by_1_train(files, capsys):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(48, 8)).astype("float32")
     np.savez(files / "data.npz", x_train=x, y_train=(x[:, :1] > 0).astype("int64"))
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1"))
     assert code == 0, err
     np.savez(files / "data.npz", x_train=x, y_train=np.full((48, 1), 2))
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", out="other.keras"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", out="other.keras"))
     assert code == 1 and "class indices 2..2" in err
 
 
 def test_a_batch_larger_than_the_data_warns(files, capsys):
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1", "--batch-size", "1000"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1", "--batch-size", "1000"))
     assert code == 0 and "warning: --batch-size 1000 exceeds the 64 training samples" in err
     assert len([line for line in err.splitlines() if "warning" in line]) == 1
 
@@ -259,10 +254,10 @@ def test_nothing_to_prune_is_an_error_before_training(files, capsys, monkeypatch
     model.compile("adam", "mse")
     model.save(files / "bn.keras")
     np.savez(files / "reg.npz", x_train=np.ones((16, 8), "float32"), y_train=np.ones((16, 8), "float32"))
-    code, _, err = run(capsys, "finetune", files / "bn.keras", "--data", files / "reg.npz", "-o", files / "o.keras",
+    code, _, err = run_cli(capsys, "finetune", files / "bn.keras", "--data", files / "reg.npz", "-o", files / "o.keras",
                        "--sparsity", "0.5")
     assert code == 1 and "nothing to prune" in err and "BatchNormalization" in err
-    code, _, err = run(capsys, *finetune(files, "--exclude", "."))
+    code, _, err = run_cli(capsys, *finetune(files, "--exclude", "."))
     assert code == 1 and "--exclude" in err
     assert fits == [] and not (files / "o.keras").exists() and not (files / "out.keras").exists()
 
@@ -272,7 +267,7 @@ def test_errors_keep_their_cause(files, capsys, monkeypatch):
         raise ValueError("Exception encountered when calling Sequential.call().\n\n\x1b[1mThe real cause\x1b[0m")
 
     monkeypatch.setattr(keras.Model, "fit", fail)
-    code, _, err = run(capsys, *finetune(files, "--epochs", "1"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "1"))
     assert code == 1 and "calling Sequential.call(). The real cause" in err and len(err.strip().splitlines()) == 1
     assert error_summary(ValueError("")) == "ValueError"
 
@@ -282,7 +277,7 @@ def test_any_training_failure_keeps_the_resume_hint(files, capsys, monkeypatch):
         raise RuntimeError("Graph execution error:\n\nDetected at node foo\n[[{{node foo}}]] [Op:__inference]")
 
     interrupt_after(monkeypatch, 1, then=fail)
-    code, _, err = run(capsys, *finetune(files, "--epochs", "2"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "2"))
     assert code == 1 and len(err.strip().splitlines()) == 1, err
     assert "Training failed: RuntimeError: Graph execution error: Detected at node foo" in err
     assert "keeps epoch 1/2; the same command resumes from it" in err and not (files / "out.keras").exists()
@@ -295,7 +290,7 @@ def test_shrink_refuses_a_model_with_nothing_to_shrink(files, capsys):
     keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization()]).save(files / "bn.keras")
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="out")]).save(files / "one.keras")
     for name, phrase in (("bn.keras", "no Dense, Conv or attention layers"), ("one.keras", "out: kept 3/3")):
-        code, _, err = run(capsys, "shrink", files / name, "-o", files / "small.keras", "--ratio", "0.5")
+        code, _, err = run_cli(capsys, "shrink", files / name, "-o", files / "small.keras", "--ratio", "0.5")
         assert code == 1 and "has no channels shrink can remove" in err and phrase in err, err
         assert len(err.strip().splitlines()) == 1 and not (files / "small.keras").exists()
 
@@ -311,12 +306,12 @@ def two_in_two_out():
 def test_shrink_a_two_input_two_output_model(files, capsys):
     two_in_two_out().save(files / "two.keras")
     out, report = files / "small.keras", files / "report.json"
-    code, _, err = run(capsys, "shrink", files / "two.keras", "-o", out, "--ratio", "0.5", "--report", report)
+    code, _, err = run_cli(capsys, "shrink", files / "two.keras", "-o", out, "--ratio", "0.5", "--report", report)
     assert code == 0, err
     assert keras.saving.load_model(out).get_layer("hidden").units == 8
     rows = json.loads(report.read_text())["rows"]
     assert rows["after"]["latency_ms_batch1"] > 0 and rows["after"]["flops"] < rows["before"]["flops"]
-    code, _, err = run(capsys, "shrink", files / "two.keras", "-o", files / "s2.keras", "--ratio", "0.5",
+    code, _, err = run_cli(capsys, "shrink", files / "two.keras", "-o", files / "s2.keras", "--ratio", "0.5",
                        "--data", files / "data.npz", "--epochs", "1", "--loss", "mse")
     assert code == 1 and "2 inputs and 2 outputs" in err and not (files / "s2.keras").exists()
     assert not (files / "s2.keras.ckpt").exists()
@@ -327,7 +322,7 @@ def test_shrink_strips_a_pruning_checkpoint_first(files, capsys):
     wrapped = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0))
     wrapped.save(files / "wrapped.keras")
     out, report = files / "small.keras", files / "report.json"
-    code, _, err = run(capsys, "shrink", files / "wrapped.keras", "-o", out, "--ratio", "0.5", "--report", report)
+    code, _, err = run_cli(capsys, "shrink", files / "wrapped.keras", "-o", out, "--ratio", "0.5", "--report", report)
     assert code == 0, err
     assert "note:" in err and "pruning wrappers" in err and "keras-prune strip" in err
     small = keras.saving.load_model(out)
@@ -344,9 +339,9 @@ def test_shrink_checkpoint_rules_match_finetune(files, capsys):
     (files / "results" / "notes.txt").write_text("mine")
     base = ["shrink", files / "model.keras", "-o", files / "small.keras", "--ratio", "0.5", "--data",
             files / "data.npz", "--epochs", "1", "--quiet"]
-    code, _, err = run(capsys, *base, "--checkpoint-dir", files / "results")
+    code, _, err = run_cli(capsys, *base, "--checkpoint-dir", files / "results")
     assert code == 1 and "already exists" in err and listing(files / "results") == ["notes.txt"]
-    code, _, err = run(capsys, *base, "--checkpoint-dir", files / "ck")
+    code, _, err = run_cli(capsys, *base, "--checkpoint-dir", files / "ck")
     assert code == 0, err
     assert not (files / "ck").exists() and (files / "small.keras").is_file()
 
@@ -361,7 +356,7 @@ def optimizer_state(model):
 def test_finetune_keep_optimizer_writes_the_trained_state(files, capsys, monkeypatch):
     trained = []
     interrupt_after(monkeypatch, 2, then=lambda model: trained.extend(optimizer_state(model)))
-    code, _, err = run(capsys, *finetune(files, "--epochs", "2", "--keep-optimizer"))
+    code, _, err = run_cli(capsys, *finetune(files, "--epochs", "2", "--keep-optimizer"))
     assert code == 0 and "note:" not in err, err
     saved = optimizer_state(keras.saving.load_model(files / "out.keras"))
     assert int(saved[0]) == 2 * 4  # the step counter: 2 epochs of 64 / 16 batches
@@ -372,10 +367,10 @@ def test_finetune_keep_optimizer_writes_the_trained_state(files, capsys, monkeyp
 def test_shrink_keep_optimizer_keeps_the_fine_tuned_state_or_says_it_cannot(files, capsys):
     base = ["shrink", files / "model.keras", "--ratio", "0.5", "--keep-optimizer", "--quiet"]
     tune = ["--data", files / "data.npz", "--epochs", "1", "--batch-size", "16"]
-    code, _, err = run(capsys, *base, "-o", files / "tuned.keras", *tune)
+    code, _, err = run_cli(capsys, *base, "-o", files / "tuned.keras", *tune)
     assert code == 0 and "note:" not in err, err
     assert int(optimizer_state(keras.saving.load_model(files / "tuned.keras"))[0]) == 4
-    code, _, err = run(capsys, *base, "-o", files / "folded.keras", *tune, "--fold-batchnorm")
+    code, _, err = run_cli(capsys, *base, "-o", files / "folded.keras", *tune, "--fold-batchnorm")
     assert code == 0 and "note: --keep-optimizer: --fold-batchnorm rebuilt" in err and "starts fresh" in err
-    code, _, err = run(capsys, *base, "-o", files / "plain.keras")
+    code, _, err = run_cli(capsys, *base, "-o", files / "plain.keras")
     assert code == 0 and "note: --keep-optimizer: nothing was fine-tuned (--epochs 0)" in err

@@ -15,8 +15,9 @@ import pytest
 import keras_prune as kp
 from keras_prune import masks
 from keras_prune.callbacks import collect_wrappers
-from keras_prune.cli import main
 from keras_prune.cli.prune_model import layer_filter
+
+from helpers import assert_one_line_failure, run_cli
 
 pytestmark = pytest.mark.core
 
@@ -236,20 +237,6 @@ def test_gradual_fitting_pattern_does_not_warn():
 # -- the command line --------------------------------------------------------------------------
 
 
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_failure(code, err, *phrases):
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-
-
 @pytest.fixture
 def mlp_file(tmp_path):
     path = tmp_path / "mlp.keras"
@@ -264,14 +251,14 @@ def mlp_file(tmp_path):
 ])
 def test_cli_selection_matching_nothing_is_refused(capsys, tmp_path, mlp_file, flags, phrases):
     out = tmp_path / "out.keras"
-    code, _, err = run(capsys, "prune", mlp_file, "-o", out, "--sparsity", "0.5", *flags)
+    code, _, err = run_cli(capsys, "prune", mlp_file, "-o", out, "--sparsity", "0.5", *flags)
     assert_one_line_failure(code, err, *phrases)
     assert not out.exists()
 
 
 def test_cli_selection_matching_some_layers_is_fine(capsys, tmp_path, mlp_file):
     out, report = tmp_path / "out.keras", tmp_path / "report.json"
-    code, _, _ = run(capsys, "prune", mlp_file, "-o", out, "--sparsity", "0.5", "--exclude", "out|logits",
+    code, _, _ = run_cli(capsys, "prune", mlp_file, "-o", out, "--sparsity", "0.5", "--exclude", "out|logits",
                      "--report", report)
     assert code == 0 and json.loads(report.read_text())["settings"]["exclude"] == "out|logits"
     assert np.count_nonzero(kernel(keras.saving.load_model(out), "out") == 0) == 0
@@ -279,22 +266,22 @@ def test_cli_selection_matching_some_layers_is_fine(capsys, tmp_path, mlp_file):
 
 def test_cli_nothing_prunable_is_refused(capsys, tmp_path):
     nothing_prunable().save(tmp_path / "plain.keras")
-    code, _, err = run(capsys, "prune", tmp_path / "plain.keras", "-o", tmp_path / "out.keras", "--sparsity", "0.5")
+    code, _, err = run_cli(capsys, "prune", tmp_path / "plain.keras", "-o", tmp_path / "out.keras", "--sparsity", "0.5")
     assert_one_line_failure(code, err, "has nothing to prune", "BatchNormalization")
 
 
 def test_cli_prints_pattern_warnings_under_the_table_and_in_the_json(capsys, tmp_path):
     one_channel_cnn().save(tmp_path / "cnn.keras")
     out, report = tmp_path / "out.keras", tmp_path / "report.json"
-    code, stdout, _ = run(capsys, "prune", tmp_path / "cnn.keras", "-o", out, "--pattern", "2:4", "--report", report)
+    code, stdout, _ = run_cli(capsys, "prune", tmp_path / "cnn.keras", "-o", out, "--pattern", "2:4", "--report", report)
     assert code == 0
     below = stdout.partition("total")[2]
     assert "warning: conv: the 2:4 pattern does not fit" in below
     assert [w["layer"] for w in json.loads(report.read_text())["warnings"]] == ["conv"]
-    code, _, err = run(capsys, "prune", tmp_path / "cnn.keras", "-o", tmp_path / "b.keras", "--sparsity", "0.5",
+    code, _, err = run_cli(capsys, "prune", tmp_path / "cnn.keras", "-o", tmp_path / "b.keras", "--sparsity", "0.5",
                        "--pattern", "block:1000x1000")
     assert_one_line_failure(code, err, "fits none", "block:")
-    code, _, err = run(capsys, "prune", tmp_path / "cnn.keras", "-o", tmp_path / "c.keras", "--pattern", "2:4",
+    code, _, err = run_cli(capsys, "prune", tmp_path / "cnn.keras", "-o", tmp_path / "c.keras", "--pattern", "2:4",
                        "--include", "conv")
     assert_one_line_failure(code, err, "fits none", "'conv'")
 

@@ -72,18 +72,21 @@ def test_a_model_without_training_argument_is_pruned_between_steps():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.UpdatePruningStep()])
 
 
-def test_training_without_training_mode_is_an_error_not_a_silent_no_op():
-    x, y = dense_data()
+def test_a_custom_loop_that_forgets_training_mode_is_still_pruned():
+    x, _ = dense_data()
     pruned = kp.prune_low_magnitude(mlp(), kp.ConstantSparsity(0.5, 0))
-    optimizer = keras.optimizers.SGD(0.1)
-    optimizer.build(pruned.trainable_variables)
     callback = kp.UpdatePruningStep()
     callback.set_model(pruned)
     callback.on_train_begin()
-    callback.on_train_batch_begin(0)
-    pruned(x[:8])  # the forward pass of a custom loop that forgot training=True
-    with pytest.raises(ValueError, match="training=True"):
-        callback.on_train_batch_end(0)
+    for batch in range(3):
+        callback.on_train_batch_begin(batch)
+        pruned(x[:8])  # the forward pass of a custom loop without training=True
+        callback.on_train_batch_end(batch)
+    callback.on_train_end()
+    hidden = collect_wrappers(pruned)[0]
+    kernel = keras.ops.convert_to_numpy(hidden.layer.kernel)
+    assert np.count_nonzero(kernel == 0) == prune_count(0.5, kernel.size)
+    assert int(keras.ops.convert_to_numpy(hidden.pruning_step)) == 3
 
 
 @pytest.mark.tensorflow_only

@@ -76,20 +76,18 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     @property
     def async_safe(self) -> bool:
-        # Where constraints hold the zeros and masks update in the step, the batch hooks do
-        # nothing, so Keras may keep dispatching batches without waiting on every one.
-        return constraints_hold_masks() and self._in_step
+        # Where constraints hold the zeros, the batch-end hook does nothing, so Keras may keep
+        # dispatching batch ends asynchronously instead of waiting on every batch.
+        return constraints_hold_masks()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._in_step or not self._wrappers:
             return
-        # Counted here, one batch per step (steps_per_execution is 1 on this path).
+        # One batch is one step on this path (steps_per_execution is 1).
         if any(w.pruning_schedule.should_update(self.step) for w in self._wrappers):
             self.model  # noqa: B018  (on JAX, reading `model` syncs the train state into the variables)
             update_masks(self._wrappers, self.step)
         self.step += 1
-        for wrapper in self._wrappers:
-            _host.write(wrapper.pruning_step, np.int32(self.step))
 
     def on_train_batch_end(self, batch, logs=None):
         if self._wrappers and not constraints_hold_masks():
@@ -103,6 +101,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
         if self._wrappers:
             self.model  # noqa: B018  (sync on JAX)
             self._apply_masks()
+            if not self._in_step:  # a model fit in inference mode does not count steps itself
+                for wrapper in self._wrappers:
+                    _host.write(wrapper.pruning_step, np.int32(self.step))
 
     def _check_counting(self):
         """After the first batch: a forward pass not in training mode would prune nothing, silently."""
@@ -138,11 +139,16 @@ def mask_groups(wrappers: list[PruneLowMagnitude]) -> list[MaskGroup]:
 
 
 def _updates_in_step(model) -> bool:
-    """Whether masks update inside the train step; else between steps, which needs one step per batch.
+    """Whether masks update inside the train step (needed for several steps per execution).
 
-    Not inside the step where TensorFlow compiles it with XLA (no host calls), nor where the
-    model's ``call`` has no ``training`` argument (``fit`` then calls it in inference mode).
+    With one step per batch, the callback updates them from the host before the step, the
+    cheapest way. Several steps per execution need the update inside the compiled step, which
+    cannot call the host under XLA on TensorFlow, nor count steps when the model's ``call`` has
+    no ``training`` argument (``fit`` then calls it in inference mode).
     """
+    steps_per_execution = getattr(model, "steps_per_execution", 1) or 1
+    if steps_per_execution <= 1:
+        return False
     if not call_takes_training(model):
         reason = (f"the call() of model '{model.name}' takes no `training` argument; add "
                   "`training=None` to it and pass it on to the layers")
@@ -150,12 +156,10 @@ def _updates_in_step(model) -> bool:
         reason = "XLA (jit_compile=True) cannot call the host; compile with jit_compile=False"
     else:
         return True
-    if getattr(model, "steps_per_execution", 1) > 1:
-        raise ValueError(
-            f"Pruning cannot count steps_per_execution={model.steps_per_execution} steps per "
-            f"batch here: {reason}, or compile with steps_per_execution=1."
-        )
-    return False
+    raise ValueError(
+        f"Pruning cannot count steps_per_execution={steps_per_execution} steps per batch here: "
+        f"{reason}, or compile with steps_per_execution=1."
+    )
 
 
 def weight_sparsities(wrapper: PruneLowMagnitude) -> list[tuple[str, float, float]]:

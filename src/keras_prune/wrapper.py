@@ -17,9 +17,10 @@ How the zeros are kept:
   constraint, so ``UpdatePruningStep`` re-applies the masks after every batch instead, and the
   wrapped layer runs on its weights times their masks within a step.
 
-Masks change only on the schedule's update steps. The step is counted inside the train step
-and the masks are recomputed there too (see :mod:`keras_prune._backend`), so
-``steps_per_execution``, gradient accumulation and custom loops prune exactly as a plain ``fit``.
+Masks change only on the schedule's update steps. The step is counted inside the train step.
+With one step per batch, ``UpdatePruningStep`` recomputes the masks from the host before the
+step; with several steps per execution they are recomputed inside the compiled step (see
+:mod:`keras_prune._backend`), so ``steps_per_execution`` prunes exactly as a plain ``fit``.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class PruneLowMagnitude(keras.layers.Wrapper):
         self.scope = scope
         self.supports_masking = layer.supports_masking
         self.driven = False  # set by UpdatePruningStep; training without it is an error
-        self.updates_in_step = True  # else UpdatePruningStep counts and updates between steps
+        self.updates_in_step = False  # set by UpdatePruningStep for several steps per execution
         self.mask_group = MaskGroup([self])  # UpdatePruningStep groups globally-scoped wrappers
         self._masks: list = []
         self._thresholds: list = []
@@ -207,11 +208,13 @@ class PruneLowMagnitude(keras.layers.Wrapper):
             )
         backend = _backend.current()
         token = None
-        if training and self.updates_in_step:
-            # Counted and acted on inside the train step, so the step is exact however the
-            # steps are batched into executions, and a model saved mid-epoch resumes exactly.
-            with no_autocast():
-                token = backend.update_in_step(self, keras.ops.convert_to_tensor(self.pruning_step))
+        if training:
+            # Counted (and, with several steps per execution, acted on) inside the train step,
+            # so the step is exact however steps are batched, and a model saved mid-epoch
+            # resumes exactly.
+            if self.updates_in_step:
+                with no_autocast():
+                    token = backend.update_in_step(self, keras.ops.convert_to_tensor(self.pruning_step))
             self.pruning_step.assign_add(1)
         return backend.call_layer(self, token, inputs, *args, training=training, **kwargs)
 

@@ -4,8 +4,9 @@ Each backend module has ``update_in_step(wrapper, step)``, run by the wrapper's 
 training before the wrapped layer is called, and ``call_layer(wrapper, *args, **kwargs)``,
 the forward pass itself. The update recomputes the masks on the host, with the same numpy code
 as everywhere else, but only when the schedule says so at ``step``; because it runs inside the
-compiled step, ``steps_per_execution``, gradient accumulation and custom loops give the masks
-of a plain ``fit``.
+compiled step, a model compiled with ``steps_per_execution`` gets the masks of a plain ``fit``.
+With one step per batch, ``UpdatePruningStep`` updates from the host between steps instead,
+which keeps host calls out of the compiled step.
 """
 
 from __future__ import annotations

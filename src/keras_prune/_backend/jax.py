@@ -43,7 +43,7 @@ def update_in_step(wrapper, step):
 def call_layer(wrapper, token, *args, training=None, **kwargs):
     """The wrapped layer's forward pass; in a train step, on its weights times their masks."""
     scope = stateless_scope()
-    if not training or scope is None:
+    if not (training and wrapper.updates_in_step) or scope is None:
         return wrapper.layer(*args, **kwargs)
     originals = {}
     with no_autocast():
