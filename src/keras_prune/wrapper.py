@@ -258,17 +258,11 @@ class PruneLowMagnitude(keras.layers.Wrapper):
 
     def update_from_host(self, step: int) -> None:
         """Recomputes this wrapper's masks for ``step`` from the host and zeroes what they prune."""
-        values = [_host.read(w) for member in self.mask_group.members for w in member.prunable_weights()]
-        results = self.host_update(step, values)
-        count = len(self._masks)
-        start = self.mask_group.offset(self)
-        for weight, mask, threshold, keep, value, current in zip(
-            self.prunable_weights(), self._masks, self._thresholds, results[:count], results[count:],
-            values[start:start + count],
-        ):
-            _host.write(threshold, value)
-            _host.write(mask, keep)
-            _host.write(weight, masks.zero_pruned(current, keep > 0.5))
+        group = self.mask_group
+        values = [_host.read(w) for member in group.members for w in member.prunable_weights()]
+        keep = group.keep_at(step, values)[group.members.index(self)]
+        start = group.offset(self)
+        self.assign_masks(keep, values[start:start + len(keep)])
 
     def masks(self) -> list[np.ndarray]:
         """The current masks as boolean arrays (``True`` keeps a weight)."""
@@ -380,12 +374,13 @@ class MaskGroup:
         return self._keep
 
     def _compute(self, step: int, values: list[np.ndarray]) -> list[list[np.ndarray]]:
-        self._check_finite(step, values)
         first = self.members[0]
         sparsity = first.pruning_schedule.sparsity_at(step)
+        scores = [criteria.magnitude(v) for v in values]
+        self._check_finite(step, scores)
         if len(self.members) == 1 and first.scope != "global":
-            return [first.compute_masks(sparsity, first.scores(values))]
-        keep = masks.global_sparsity_masks([criteria.magnitude(v) for v in values], sparsity)
+            return [first.compute_masks(sparsity, scores)]
+        keep = masks.global_sparsity_masks(scores, sparsity)
         split = []
         for member in self.members:
             count = len(member.prunable_weights())
@@ -393,12 +388,11 @@ class MaskGroup:
             keep = keep[count:]
         return split
 
-
-    def _check_finite(self, step: int, values: list[np.ndarray]) -> None:
+    def _check_finite(self, step: int, scores: list[np.ndarray]) -> None:
         """Diverged weights would rank as the smallest and be pruned to zero, hiding the divergence."""
         weights = [w for member in self.members for w in member.prunable_weights()]
-        for weight, value in zip(weights, values):
-            if not np.isfinite(value).all():
+        for weight, score in zip(weights, scores):
+            if not np.isfinite(score.max()):  # a max propagates NaN and keeps inf: one cheap pass
                 raise ValueError(
                     f"Weight '{weight.path}' holds NaN or infinite values at pruning step {step}: "
                     "training diverged. Lower the learning rate or check the data for NaN/inf."
