@@ -36,21 +36,22 @@ def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowM
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
-    """Starts the pruning step counter and keeps pruned weights at zero between steps.
+    """Drives pruning during ``fit``: the step counter, mask updates, zeros between steps.
 
     Required in ``fit(callbacks=[...])`` while a model has pruning wrappers. The step is
-    counted inside the train step (each wrapper's ``pruning_step`` variable) and the masks are
-    recomputed there on the schedule's update steps, so ``steps_per_execution``, gradient
-    accumulation and custom loops give the same masks as a plain ``fit``, and a model saved at
-    any point resumes on the exact same step. In a custom training loop, drive it by hand:
+    counted inside the train step (each wrapper's ``pruning_step`` variable), so a model saved
+    at any point resumes on the exact same step. With one step per batch the masks are
+    recomputed here, from the host, before the schedule's update steps; a model compiled with
+    ``steps_per_execution > 1`` recomputes them inside the compiled step, so it gets the masks
+    of a plain ``fit``. In a custom training loop, drive it by hand:
 
     >>> # callback = UpdatePruningStep(); callback.set_model(model); callback.on_train_begin()
     >>> # for each batch: callback.on_train_batch_begin(i); <gradient step>;
     >>> #                 callback.on_train_batch_end(i)
     >>> # at the end: callback.on_train_end()
 
-    On TensorFlow with ``jit_compile=True`` (XLA cannot call the host), the masks are
-    recomputed here between steps instead, which needs ``steps_per_execution=1``.
+    Several steps per execution are refused on TensorFlow with ``jit_compile=True`` (XLA cannot
+    call the host) and for a model whose ``call()`` takes no ``training`` argument.
     """
 
     def __init__(self):
