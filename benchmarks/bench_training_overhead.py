@@ -43,7 +43,7 @@ import keras
 
 import keras_prune
 from keras_prune import masks
-from keras_prune.callbacks import collect_wrappers
+from keras_prune.callbacks import collect_pruning
 from keras_prune.datasets import load_idx_dataset
 from keras_prune.demo import count_prunable, lenet_300_100
 from keras_prune.io import atomic_write
@@ -158,7 +158,7 @@ class Variant:
         return {
             "batches": step.batches,
             "callback_us_per_batch": 1e6 * step.hook_seconds / step.batches,
-            "one_mask_update_ms": mask_update_breakdown(collect_wrappers(self.model)),
+            "one_mask_update_ms": mask_update_breakdown(collect_pruning(self.model)),
         }
 
 

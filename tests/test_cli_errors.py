@@ -304,7 +304,7 @@ def test_a_failed_litert_conversion_is_one_line(capfd, monkeypatch, tmp_path, mi
 
 def test_strip_writes_a_model_without_wrappers_as_it_is(capsys, tmp_path, model_file):
     code, _, err = run_cli(capsys, "strip", model_file, "-o", tmp_path / "final.keras")
-    assert code == 0 and err.strip() == f"note: '{model_file}' has no pruning wrappers; writing it as it is."
+    assert code == 0 and err.strip() == f"note: '{model_file}' holds no pruning state; writing it as it is."
     original, final = keras.saving.load_model(model_file), io.load_model(tmp_path / "final.keras")
     assert all(np.array_equal(a, b) for a, b in zip(original.get_weights(), final.get_weights()))
     assert (tmp_path / "final.keras").stat().st_size < 0.5 * model_file.stat().st_size

@@ -45,7 +45,7 @@ REQUIRED = {
 }
 OPTIONAL = {
     "prune": [("--scope", ["layer", "global", "x"]), ("--pattern", ["2:4", "block:1x4", "block:1000x1000", "x"]),
-              ("--include", ["hidden", "nothing", "["]), ("--exclude", ["logits", "nothing"]),
+              ("--layers", ["hidden", "nothing", "["]), ("--exclude", ["logits", "nothing"]),
               ("--overwrite", None), ("--report", ["report.json", "notes.txt", "results"])],
     "finetune": [("--batch-size", ["16", "0", "100000"]), ("--learning-rate", ["0.01", "-1", "0", "nan"]),
                  ("--checkpoint-dir", [".", "..", "results", "ck", "new_ck"]), ("--restart", None),

@@ -97,7 +97,7 @@ def test_strip_removes_wrappers(capsys, tmp_path):
     names = [layer.name for layer in keras.saving.load_model(out).layers]
     assert names == ["conv", "flatten", "hidden", "logits"]
     code, _, err = run_cli(capsys, "strip", out, "-o", tmp_path / "again.keras")  # nothing to strip
-    assert code == 0 and "no pruning wrappers; writing it as it is" in err and len(err.strip().splitlines()) == 1
+    assert code == 0 and "holds no pruning state; writing it as it is" in err and len(err.strip().splitlines()) == 1
     assert [layer.name for layer in keras.saving.load_model(tmp_path / "again.keras").layers] == names
 
 
@@ -110,8 +110,8 @@ BAD_PRUNE_ARGUMENTS = [
     (["--pattern", "4:2"], ["0 < M < N"]),
     (["--pattern", "zigzag"], ["--pattern must be unstructured"]),
     (["--pattern", "2:4", "--sparsity", "0.5"], ["drop --sparsity"]),
-    (["--sparsity", "0.5", "--include", "("], ["--include is not a valid regular expression"]),
-    (["--sparsity", "0.5", "--include", "nothing"], ["--include matches no layer", "nothing"]),
+    (["--sparsity", "0.5", "--include", "("], ["--layers is not a valid regular expression"]),
+    (["--sparsity", "0.5", "--include", "nothing"], ["--layers matches no layer", "nothing"]),
     (["--sparsity", "0.5", "--scope", "global", "--pattern", "block:2x2"], ["scope='layer'"]),
 ]
 

@@ -1,12 +1,15 @@
 """prune_low_magnitude / strip_pruning on every supported layer and model kind, and bad input."""
 
+from collections import Counter
+
 import keras
 import numpy as np
 import pytest
 
 import keras_prune as kp
 from keras_prune import masks
-from keras_prune.callbacks import collect_wrappers
+import keras_prune.compat.tfmot as tfmot
+from keras_prune.callbacks import collect_pruning
 
 from helpers import compile_classifier, dense_data, mlp
 
@@ -83,33 +86,46 @@ WEIGHT_COUNTS = {"separable2d": 2, "separable1d": 2, "simple_rnn": 2, "bilstm": 
 @pytest.mark.parametrize("build", [image_model, sequence_model, volume_model])
 def test_every_supported_layer_is_pruned_to_the_exact_count(build):
     model = build()
+    config = model.get_config()
     pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.6, 0, frequency=1000))
-    wrapped = {w.layer.name: w for w in collect_wrappers(pruned)}
-    assert sorted(wrapped) == sorted(EXPECTED_PRUNED[model.name])
-    for name, wrapper in wrapped.items():
-        assert len(wrapper.prunable_weights()) == WEIGHT_COUNTS.get(name, 1), name
+    assert isinstance(pruned, kp.PrunedModel) and pruned.layer is model
+    assert sorted(pruned.pruned_layers) == sorted(EXPECTED_PRUNED[model.name])
+    counts = Counter(path for path, _ in pruned.pruned_weights())
+    assert counts == {name: WEIGHT_COUNTS.get(name, 1) for name in EXPECTED_PRUNED[model.name]}
     x = random_inputs(model)
     y = np.arange(16) % 3
     compile_classifier(pruned, "sgd")
     pruned.fit(x, y, epochs=1, batch_size=8, callbacks=[kp.UpdatePruningStep()], verbose=0)
-    for wrapper in wrapped.values():
-        for weight in wrapper.prunable_weights():
-            values = keras.ops.convert_to_numpy(weight)
-            expected = masks.prune_count(0.6, values.size) / values.size
-            assert np.mean(values == 0) == pytest.approx(expected), weight.path
-    # Layers with nothing to prune stay as they are, and stripping gives the original config.
-    assert isinstance(pruned.get_layer("bn") if model.name == "image" else pruned.layers[0],
-                      (L.BatchNormalization, L.InputLayer))
+    for weight in pruned.prunable_weights():
+        values = keras.ops.convert_to_numpy(weight)
+        expected = masks.prune_count(0.6, values.size) / values.size
+        assert np.mean(values == 0) == pytest.approx(expected), weight.path
+    prediction = pruned.predict(x, verbose=0)
     stripped = kp.strip_pruning(pruned)
-    assert stripped.get_config() == model.get_config()
-    np.testing.assert_allclose(stripped.predict(x, verbose=0), pruned.predict(x, verbose=0),
-                               rtol=0, atol=0)
+    assert stripped is model and stripped.get_config() == config
+    assert all(w.constraint is None for w in stripped.weights)
+    np.testing.assert_allclose(stripped.predict(x, verbose=0), prediction, rtol=0, atol=0)
 
 
-def test_original_model_is_never_modified():
+def test_model_is_pruned_in_place_and_unchanged_until_trained():
     model = mlp()
     before = [w.copy() for w in model.get_weights()]
     pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.9, 0))
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x, y = dense_data()
+    compile_classifier(pruned).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)  # the model's own variables trained
+    assert np.mean(kernel == 0) == masks.prune_count(0.9, kernel.size) / kernel.size
+    kp.strip_pruning(pruned)
+    assert model.layers[0].kernel.constraint is None
+
+
+def test_tfmot_path_clones_and_never_modifies_the_original():
+    model = mlp()
+    before = [w.copy() for w in model.get_weights()]
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.9, 0))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel), before[0])
     x, y = dense_data()
     compile_classifier(pruned).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
     for a, b in zip(before, model.get_weights()):
@@ -117,26 +133,18 @@ def test_original_model_is_never_modified():
     assert model.layers[0].kernel.constraint is None
 
 
-def test_pruned_clone_starts_from_the_trained_weights():
-    model = mlp()
-    pruned = kp.prune_low_magnitude(model)
-    np.testing.assert_array_equal(pruned.layers[0].layer.kernel.numpy() if hasattr(
-        pruned.layers[0].layer.kernel, "numpy") else keras.ops.convert_to_numpy(
-        pruned.layers[0].layer.kernel), keras.ops.convert_to_numpy(model.layers[0].kernel))
-
-
 def test_nested_models_are_pruned_recursively():
     inner = keras.Sequential([keras.Input((16,)), L.Dense(8, name="inner_dense")], name="inner")
     inputs = keras.Input((16,))
     outputs = L.Dense(3, name="outer_dense")(inner(inputs))
     model = keras.Model(inputs, outputs)
+    config = model.get_config()
     pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0))
-    names = sorted(w.layer.name for w in collect_wrappers(pruned))
-    assert names == ["inner_dense", "outer_dense"]
+    assert pruned.pruned_layers == ["inner/inner_dense", "outer_dense"]
     x, y = dense_data()
     compile_classifier(pruned).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
     stripped = kp.strip_pruning(pruned)
-    assert stripped.get_config() == model.get_config()
+    assert stripped.get_config() == config
     assert np.mean(keras.ops.convert_to_numpy(stripped.get_layer("inner").layers[0].kernel) == 0) == 0.5
 
 
@@ -164,14 +172,30 @@ class Subclassed(keras.Model):
         return self.head(x)
 
 
-def test_subclassed_model_is_pruned_in_place_and_restored():
+def test_subclassed_model_is_pruned_at_any_depth():
     x, y = dense_data()
     model = Subclassed()
     model(x[:2])
     n_weights = len(model.weights)
     pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.75, 0))
+    assert len(pruned.pruned_layers) == 4 and pruned.pruned_layers[0].startswith("block/")
+    compile_classifier(pruned).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    for kernel in [model.block.a.kernel, model.stack[0].kernel, model.stack[1].kernel, model.head.kernel]:
+        assert np.mean(keras.ops.convert_to_numpy(kernel) == 0) == 0.75
+    prediction = pruned.predict(x, verbose=0)
+    assert kp.strip_pruning(pruned) is model
+    assert len(model.weights) == n_weights and model.head.kernel.constraint is None
+    np.testing.assert_array_equal(model.predict(x, verbose=0), prediction)
+
+
+def test_tfmot_path_swaps_wrappers_into_a_subclassed_model_and_back():
+    x, y = dense_data()
+    model = Subclassed()
+    model(x[:2])
+    n_weights = len(model.weights)
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.75, 0))
     assert pruned is model
-    assert len(collect_wrappers(model)) == 4
+    assert len(collect_pruning(model)) == 4
     assert len({id(w) for w in model.weights}) == len(model.weights)
     compile_classifier(model).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
     kernels = [model.block.a.layer.kernel, model.stack[0].layer.kernel, model.head.layer.kernel]
@@ -179,7 +203,7 @@ def test_subclassed_model_is_pruned_in_place_and_restored():
         assert np.mean(keras.ops.convert_to_numpy(kernel) == 0) == 0.75
     prediction = model.predict(x, verbose=0)
     kp.strip_pruning(model)
-    assert not collect_wrappers(model)
+    assert not collect_pruning(model)
     assert len(model.weights) == n_weights
     assert isinstance(model.head, L.Dense) and model.head.kernel.constraint is None
     np.testing.assert_array_equal(model.predict(x, verbose=0), prediction)
@@ -198,12 +222,25 @@ class PrunableScale(Scale, kp.PrunableLayer):
         return [self.w]
 
 
-def test_custom_layer_without_declaration_is_refused_and_model_untouched():
+def test_custom_layer_without_declaration_is_left_dense_and_refused_when_selected():
+    x, _ = dense_data()
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, L.Dense(3, name="d")(Scale(name="my_scale")(inputs)))
+    with pytest.raises(kp.UnsupportedLayerError, match="my_scale.*PrunableLayer"):
+        kp.prune_low_magnitude(model, layers="my_scale")
+    assert all(w.constraint is None for w in model.weights)
+    pruned = kp.prune_low_magnitude(model)
+    assert pruned.pruned_layers == ["d"]
+    assert [path for path, _ in pruned.left_dense] == ["my_scale"]
+    assert "PrunableLayer" in pruned.left_dense[0][1]
+
+
+def test_tfmot_path_refuses_a_custom_layer_without_declaration():
     x, _ = dense_data()
     inputs = keras.Input((16,))
     model = keras.Model(inputs, L.Dense(3)(Scale(name="my_scale")(inputs)))
     with pytest.raises(kp.UnsupportedLayerError, match="my_scale.*PrunableLayer"):
-        kp.prune_low_magnitude(model)
+        tfmot.sparsity.keras.prune_low_magnitude(model)
     class WithScale(Subclassed):
         def __init__(self):
             super().__init__()
@@ -215,8 +252,8 @@ def test_custom_layer_without_declaration_is_refused_and_model_untouched():
     subclassed = WithScale()
     subclassed(x[:2])
     with pytest.raises(kp.UnsupportedLayerError):
-        kp.prune_low_magnitude(subclassed)
-    assert not collect_wrappers(subclassed)
+        tfmot.sparsity.keras.prune_low_magnitude(subclassed)
+    assert not collect_pruning(subclassed)
 
 
 def test_policy_can_exclude_an_undeclared_custom_layer():
@@ -226,16 +263,16 @@ def test_policy_can_exclude_an_undeclared_custom_layer():
 
     inputs = keras.Input((16,))
     model = keras.Model(inputs, L.Dense(3, name="d")(Scale(name="s")(inputs)))
-    pruned = kp.prune_low_magnitude(model, pruning_policy=SkipScale())
-    assert [w.layer.name for w in collect_wrappers(pruned)] == ["d"]
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_policy=SkipScale())
+    assert [w.layer.name for w in collect_pruning(pruned)] == ["d"]
+    assert kp.prune_low_magnitude(model, layers=SkipScale().allow_pruning).pruned_layers == ["d"]
 
 
 def test_prunable_layer_declares_its_weights():
     inputs = keras.Input((16,))
     model = keras.Model(inputs, PrunableScale(name="scale")(inputs))
     pruned = kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0))
-    (wrapper,) = collect_wrappers(pruned)
-    assert [w.shape for w in wrapper.prunable_weights()] == [(16,)]
+    assert [(path, w.shape) for path, w in pruned.pruned_weights()] == [("scale", (16,))]
 
 
 def test_layer_and_list_of_layers():
@@ -262,8 +299,17 @@ def test_pruning_policy_filters_layers():
         def allow_pruning(self, layer):
             return layer.name != "logits"
 
-    pruned = kp.prune_low_magnitude(mlp(), pruning_policy=SkipLogits())
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(mlp(), pruning_policy=SkipLogits())
     assert [type(layer).__name__ for layer in pruned.layers] == ["PruneLowMagnitude", "Dense"]
+    with pytest.raises(TypeError, match="layers=.*compat.tfmot"):
+        kp.prune_low_magnitude(mlp(), pruning_policy=SkipLogits())
+
+
+@pytest.mark.parametrize("layers, expected", [
+    ("hidden", ["hidden"]), (["logits"], ["logits"]), (lambda layer: layer.name != "hidden", ["logits"]), (None, ["hidden", "logits"]),
+])
+def test_layers_selects_by_path_list_or_callable(layers, expected):
+    assert kp.prune_low_magnitude(mlp(), layers=layers).pruned_layers == expected
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
@@ -273,7 +319,9 @@ def test_pruning_policy_filters_layers():
     (dict(sparsity_m_by_n=(4, 2)), ValueError, "sparsity_m_by_n=(4, 2)"),
     (dict(scope="model"), ValueError, "scope='model'"),
     (dict(scope="global", block_size=(2, 2)), ValueError, "cannot be combined"),
-    (dict(pruning_policy="all"), TypeError, "pruning_policy='all'"),
+    (dict(layers=3), TypeError, "layers=3"),
+    (dict(layers="nothing"), ValueError, "layers='nothing'"),
+    (dict(layers="("), ValueError, "not a valid regular expression"),
 ])
 def test_bad_arguments_raise_before_anything_changes(kwargs, error, fragment):
     model = mlp()
@@ -290,7 +338,12 @@ def test_not_a_layer_and_already_pruned_are_refused():
     with pytest.raises(ValueError, match="already pruned.*strip_pruning"):
         kp.prune_low_magnitude(pruned)
     with pytest.raises(ValueError, match="already pruned"):
-        kp.prune_low_magnitude(pruned.layers[0])
+        kp.prune_low_magnitude(pruned.layer)  # the model inside: its weights have masks already
+    with pytest.raises(ValueError, match="being pruned gradually.*strip"):
+        kp.magnitude_prune(pruned.layer, sparsity=0.5)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(mlp())
+    with pytest.raises(ValueError, match="already pruned"):
+        kp.prune_low_magnitude(wrapped.layers[0])
     with pytest.raises(TypeError, match="model"):
         kp.strip_pruning(np.zeros(3))
 

@@ -14,6 +14,7 @@ from keras_prune.export import SparseFormatError, export_litert, export_sparse, 
 from keras_prune.iterative import iterative_prune
 from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
+from keras_prune.pruned_model import PrunedModel
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
 from keras_prune.structured import GradualChannelPruning, fold_batchnorm, prune_channels
@@ -27,6 +28,7 @@ __all__ = [
     "PolynomialDecay",
     "PrunableLayer",
     "PruneLowMagnitude",
+    "PrunedModel",
     "PruningPolicy",
     "PruningReport",
     "PruningSchedule",

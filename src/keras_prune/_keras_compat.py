@@ -30,3 +30,10 @@ def child_layers(layer) -> list:
     ``Model.quantize`` and weight saving do; it does not descend into them.
     """
     return list(layer._flatten_layers(include_self=False, recursive=False))
+
+
+def untracked():
+    """A context in which attributes set on a layer are not tracked (no variables adopted)."""
+    from keras.src.utils.tracking import DotNotTrackScope
+
+    return DotNotTrackScope()

@@ -9,37 +9,38 @@ import numpy as np
 
 from keras_prune import _host
 from keras_prune._keras_compat import call_takes_training
-from keras_prune.wrapper import MaskGroup, PruneLowMagnitude, constraints_hold_masks
+from keras_prune.core import MaskGroup, PruningState, constraints_hold_masks
+from keras_prune.wrapper import PruneLowMagnitude
 
 
-def collect_wrappers(model: keras.layers.Layer) -> list[PruneLowMagnitude]:
-    """Every ``PruneLowMagnitude`` layer in ``model``, nested models included."""
-    if isinstance(model, PruneLowMagnitude):
+def collect_pruning(model: keras.layers.Layer) -> list[PruningState]:
+    """The pruning state in ``model``: itself if it is a ``PrunedModel``, or its wrappers."""
+    if isinstance(model, PruningState):
         return [model]
     found = []
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, PruneLowMagnitude) and layer not in found:
+        if isinstance(layer, PruningState) and layer not in found:
             found.append(layer)
     return found
 
 
-def update_masks(wrappers: list[PruneLowMagnitude], step: int) -> list[PruneLowMagnitude]:
-    """Recomputes, from the host, the masks of the wrappers whose schedule updates at ``step``.
+def update_masks(states: list[PruningState], step: int) -> list[PruningState]:
+    """Recomputes, from the host, the masks of the pruning states whose schedule updates at ``step``.
 
-    Each wrapper's ``mask_group`` decides what is ranked together (one layer, or every
-    globally-scoped wrapper sharing a schedule). Returns the updated wrappers.
+    Each state's ``mask_group`` decides what is ranked together (one layer or model, or
+    every globally-scoped wrapper sharing a schedule). Returns the updated states.
     """
-    due = [w for w in wrappers if w.pruning_schedule.should_update(step)]
-    for wrapper in due:
-        wrapper.update_from_host(step)
+    due = [w for w in states if w.pruning_schedule.should_update(step)]
+    for state in due:
+        state.update_from_host(step)
     return due
 
 
 class UpdatePruningStep(keras.callbacks.Callback):
     """Drives pruning during ``fit``: the step counter, mask updates, zeros between steps.
 
-    Required in ``fit(callbacks=[...])`` while a model has pruning wrappers. The step is
-    counted inside the train step (each wrapper's ``pruning_step`` variable), so a model saved
+    Required in ``fit(callbacks=[...])`` to train a pruned model. The step is
+    counted inside the train step (the ``pruning_step`` variable), so a model saved
     at any point resumes on the exact same step. With one step per batch the masks are
     recomputed here, from the host, before the schedule's update steps; a model compiled with
     ``steps_per_execution > 1`` recomputes them inside the compiled step, so it gets the masks
@@ -57,23 +58,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.step = 0
-        self._wrappers: list[PruneLowMagnitude] = []
+        self._states: list[PruningState] = []
         self._in_step = True
 
     def on_train_begin(self, logs=None):
-        self._wrappers = collect_wrappers(self.model)
-        if not self._wrappers:
+        self._states = collect_pruning(self.model)
+        if not self._states:
             return
         self._in_step = _updates_in_step(self.model)
-        steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._wrappers]
+        steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._states]
         self.step = self._start = max(0, max(steps))
         self._checked = False
-        for group in mask_groups(self._wrappers):
-            for wrapper in group.members:
-                wrapper.mask_group = group
-                wrapper.updates_in_step = self._in_step
-                wrapper.pruning_step.assign(self.step)
-                wrapper.driven = True
+        for group in mask_groups(self._states):
+            for state in group.members:
+                state.mask_group = group
+                state.updates_in_step = self._in_step
+                state.pruning_step.assign(self.step)
+                state.driven = True
 
     @property
     def async_safe(self) -> bool:
@@ -82,35 +83,35 @@ class UpdatePruningStep(keras.callbacks.Callback):
         return constraints_hold_masks()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self._in_step or not self._wrappers:
+        if self._in_step or not self._states:
             return
         # One batch is one step on this path (steps_per_execution is 1).
-        if any(w.pruning_schedule.should_update(self.step) for w in self._wrappers):
+        if any(w.pruning_schedule.should_update(self.step) for w in self._states):
             self.model  # noqa: B018  (on JAX, reading `model` syncs the train state into the variables)
-            update_masks(self._wrappers, self.step)
+            update_masks(self._states, self.step)
         self.step += 1
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._wrappers and not constraints_hold_masks():
+        if self._states and not constraints_hold_masks():
             self.model  # noqa: B018  (sync on JAX, so the re-zeroed weights feed the next step)
             self._apply_masks()
-        if self._in_step and self._wrappers and not self._checked:
+        if self._in_step and self._states and not self._checked:
             self._check_counting()
 
     def on_epoch_end(self, epoch, logs=None):
         # Optimizers that overwrite weights outside the update (EMA) may have refilled zeros.
-        if self._wrappers:
+        if self._states:
             self.model  # noqa: B018  (sync on JAX)
             self._apply_masks()
             if not self._in_step:  # a model fit in inference mode does not count steps itself
-                for wrapper in self._wrappers:
-                    _host.write(wrapper.pruning_step, np.int32(self.step))
+                for state in self._states:
+                    _host.write(state.pruning_step, np.int32(self.step))
 
     def _check_counting(self):
         """After the first batch: a forward pass not in training mode would prune nothing, silently."""
         self._checked = True
         self.model  # noqa: B018  (sync on JAX)
-        if int(_host.read(self._wrappers[0].pruning_step)) == self._start:
+        if int(_host.read(self._states[0].pruning_step)) == self._start:
             raise ValueError(
                 f"Model '{self.model.name}' trained a batch but its pruning layers were not called "
                 "in training mode, so no pruning step was counted. Call the model with "
@@ -119,23 +120,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.on_epoch_end(-1)
-        for wrapper in self._wrappers:
-            self.step = max(self.step, int(_host.read(wrapper.pruning_step)))
-            wrapper.driven = False
+        for state in self._states:
+            self.step = max(self.step, int(_host.read(state.pruning_step)))
+            state.driven = False
 
     def _apply_masks(self):
-        for wrapper in self._wrappers:
-            wrapper.apply_masks()
+        for state in self._states:
+            state.apply_masks()
 
 
-def mask_groups(wrappers: list[PruneLowMagnitude]) -> list[MaskGroup]:
-    """One group per layer-scoped wrapper, one per schedule shared by globally-scoped ones."""
+def mask_groups(states: list[PruningState]) -> list[MaskGroup]:
+    """One group per pruned model or layer-scoped wrapper, one per schedule shared by global wrappers."""
     groups, global_members = [], defaultdict(list)
-    for wrapper in wrappers:
-        if wrapper.scope == "global":
-            global_members[repr(wrapper.pruning_schedule)].append(wrapper)
+    for state in states:
+        if state.scope == "global" and isinstance(state, PruneLowMagnitude):
+            global_members[repr(state.pruning_schedule)].append(state)
         else:
-            groups.append(MaskGroup([wrapper]))
+            groups.append(MaskGroup([state]))
     return groups + [MaskGroup(members) for members in global_members.values()]
 
 
@@ -163,10 +164,10 @@ def _updates_in_step(model) -> bool:
     )
 
 
-def weight_sparsities(wrapper: PruneLowMagnitude) -> list[tuple[str, float, float]]:
-    """``(weight path, sparsity, threshold)`` for each prunable weight of ``wrapper``."""
+def weight_sparsities(state: PruningState) -> list[tuple[str, float, float]]:
+    """``(weight path, sparsity, threshold)`` for each prunable weight of ``state``."""
     rows = []
-    for weight, keep, threshold in zip(wrapper.prunable_weights(), wrapper.masks(), wrapper.thresholds()):
+    for weight, keep, threshold in zip(state.prunable_weights(), state.masks(), state.thresholds()):
         rows.append((weight.path, 1.0 - float(np.mean(keep)), threshold))
     return rows
 
@@ -193,8 +194,8 @@ class PruningSummaries(keras.callbacks.TensorBoard):
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         with self._train_writer.as_default():
-            for wrapper in collect_wrappers(self.model):
-                for path, sparsity, threshold in weight_sparsities(wrapper):
+            for state in collect_pruning(self.model):
+                for path, sparsity, threshold in weight_sparsities(state):
                     self.summary.scalar(f"{path}/pruning_sparsity", sparsity, step=epoch)
                     self.summary.scalar(f"{path}/threshold", threshold, step=epoch)
         self._train_writer.flush()

@@ -1,46 +1,35 @@
 """Iterative pruning: prune by magnitude, fine-tune with the masks held, repeat.
 
-Each round prunes the model a step further with :func:`magnitude_prune`, wraps the pruned
-layers so their zeros stay exactly zero while ``fit`` fine-tunes the survivors, strips the
-wrappers and evaluates. The sparsity at the end is the sparsity asked for, not less.
+Each round prunes the model a step further with :func:`magnitude_prune`, holds the zeros of
+the pruned layers (at any depth, see :class:`keras_prune.PrunedModel`) while ``fit``
+fine-tunes the survivors, strips the pruning state and evaluates. The sparsity at the end is
+the sparsity asked for, not less.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import keras
 
 from keras_prune._validation import check_int, check_sparsity
 from keras_prune.analysis.report import PruningReport, summarize
-from keras_prune.callbacks import UpdatePruningStep, collect_wrappers
+from keras_prune.callbacks import UpdatePruningStep
 from keras_prune.oneshot import (
     LayerFilter,
     _check_arguments,
-    _matches,
     copy_model,
     magnitude_prune,
     pattern_warnings,
     select_weights,
 )
-from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
+from keras_prune.prune import strip_pruning
+from keras_prune.pruned_model import PrunedModel
 from keras_prune.schedules import ConstantSparsity
-from keras_prune.traversal import weight_sites
 
-# The wrappers only hold the masks this module assigns; their own schedule never fires.
+# The pruned model only holds the masks this module assigns; its own schedule never fires.
 _NEVER = 2**62
-
-
-class _Selected(PruningPolicy):
-    """Wraps exactly the layers whose weights a round pruned."""
-
-    def __init__(self, layers: Sequence[keras.layers.Layer]):
-        self.ids = {id(layer) for layer in layers}
-
-    def allow_pruning(self, layer: keras.layers.Layer) -> bool:
-        return id(layer) in self.ids
 
 
 def round_sparsities(target_sparsity: float, steps: int) -> list[float]:
@@ -137,7 +126,7 @@ def iterative_prune(
     current, best, history, stopped = model, model, [], False
     for k, sparsity in enumerate(round_sparsities(target_sparsity, steps), start=1):
         pruned = magnitude_prune(current, inplace=False, **_prune_args(settings, sparsity))  # keep `best`
-        selected = _selected_layers(pruned.model, layers)
+        selected = _selected_paths(pruned.model, layers)
         current = _fine_tune(
             pruned.model, selected, compile_config, train_data, epochs_per_step, batch_size, callbacks, verbose
         )
@@ -206,41 +195,14 @@ def _evaluate(model: keras.Model, data, batch_size, verbose) -> dict:
     return {name: float(value) for name, value in scores.items()}
 
 
-def _selected_layers(model: keras.Model, layer_filter: LayerFilter) -> list:
-    return [site.layer for site in weight_sites(model) if site.prunable and _matches(layer_filter, site)]
+def _selected_paths(model: keras.Model, layer_filter: LayerFilter) -> list[str]:
+    return list(dict.fromkeys(path for path, _ in select_weights(model, layer_filter)))
 
 
-def _unheld(layers, wrappers) -> str | None:
-    """Why fine-tuning would let some of ``layers`` grow back (no wrapper holds them), or None.
-
-    The wrappers wrap copies of the layers, so they are matched by name.
-    """
-    missing = list((Counter(layer.name for layer in layers) - Counter(w.layer.name for w in wrappers)).elements())
-    if not missing:
-        return None
-    return (
-        f"iterative_prune cannot hold the zeros of layers inside custom layers while fine-tuning "
-        f"yet ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}): they would grow "
-        "back. Prune them once with keras_prune.magnitude_prune, or leave them out with `layers`."
-    )
-
-
-def _fine_tune(model, layers, compile_config, data, epochs, batch_size, callbacks, verbose) -> keras.Model:
-    """Fine-tunes ``model`` with the zeros of ``layers`` held; returns it stripped and compiled.
-
-    Raises:
-        ValueError: before training, if some of ``layers`` sit where the pruning wrappers
-            cannot reach them (inside custom layers), so their zeros would not be held.
-    """
-    try:
-        wrapped = prune_low_magnitude(model, ConstantSparsity(0.0, begin_step=_NEVER), pruning_policy=_Selected(layers))
-    except ValueError as error:  # on a built, unwrapped model: none of `layers` could be wrapped
-        raise ValueError(_unheld(layers, []) or str(error)) from error
-    problem = _unheld(layers, collect_wrappers(wrapped))
-    if problem:
-        raise ValueError(problem)
-    for wrapper in collect_wrappers(wrapped):
-        wrapper.assign_masks([keras.ops.convert_to_numpy(w) != 0 for w in wrapper.prunable_weights()])
+def _fine_tune(model, paths, compile_config, data, epochs, batch_size, callbacks, verbose) -> keras.Model:
+    """Fine-tunes ``model`` with the zeros of the layers at ``paths`` held; returns it compiled."""
+    wrapped = PrunedModel(model, ConstantSparsity(0.0, begin_step=_NEVER), pruned_layers=paths)
+    wrapped.assign_masks([keras.ops.convert_to_numpy(w) != 0 for w in wrapped.prunable_weights()])
     wrapped.compile_from_config(compile_config)
     if epochs:
         fit_args = {"epochs": epochs, "verbose": verbose, "callbacks": [UpdatePruningStep(), *callbacks]}

@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_prune._validation import check_choice, check_sparsity
 from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
+from keras_prune.core import PruningState, pruning_state_of
 from keras_prune.criteria import magnitude
 from keras_prune.masks import (
     check_pattern,
@@ -190,7 +191,7 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
     Raises:
         ValueError: the model is not built, it has nothing to prune, ``layer_filter`` (or an
             entry of a list) picks no layer with prunable weights, or a picked layer is
-            wrapped for gradual pruning.
+            being pruned gradually (wrapped, or held by a ``PrunedModel``).
         UnsupportedLayerError: ``layer_filter`` picks only layers holding weights keras-prune
             does not know how to prune.
     """
@@ -199,13 +200,18 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
             f"Model '{model.name}' has no weights yet; build it first (call it on data or "
             "`model.build(input_shape)`)."
         )
+    if isinstance(model, PruningState):
+        raise ValueError(
+            f"Model '{model.name}' is being pruned gradually; get the model with "
+            "keras_prune.strip_pruning(model) (CLI: keras-prune strip) first."
+        )
     sites = [site for site in weight_sites(model) if site.variables]
     chosen = [site for site in sites if _matches(layer_filter, site)]
     for site in chosen:
-        if isinstance(site.layer, PruneLowMagnitude):
+        if isinstance(site.layer, PruneLowMagnitude) or any(pruning_state_of(w) for w in site.prunable):
             raise ValueError(
-                f"Layer '{site.path}' is wrapped for gradual pruning; remove the wrappers first with "
-                "keras_prune.strip_pruning(model) (CLI: keras-prune strip)."
+                f"Layer '{site.path}' is being pruned gradually, so its masks would go out of date; "
+                "strip the pruned model first with keras_prune.strip_pruning(pruned) (CLI: keras-prune strip)."
             )
     if isinstance(layer_filter, (list, tuple)):
         for entry in layer_filter:

@@ -31,6 +31,7 @@ import keras
 
 from keras_prune import registry
 from keras_prune._keras_compat import child_layers
+from keras_prune.core import PruningState
 from keras_prune.wrapper import PruneLowMagnitude
 
 
@@ -68,6 +69,8 @@ def sub_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     only the sub-layers holding none of the weights the rule lists (an extra projection a
     subclass of MultiHeadAttention adds), so the rule's weights are never counted twice.
     """
+    if _is_pruned_model(layer):
+        return [layer.layer]  # not its masks: they are pruning state, not the model's weights
     children = child_layers(layer)
     if not children or isinstance(layer, (registry.PrunableLayer, PruneLowMagnitude)):
         return []
@@ -93,6 +96,7 @@ def walk(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
         >>> [path for path, _ in walk(model)]
         ['block', 'block/d']
     """
+    model = unwrap(model)
     seen, used = {id(model)}, set()
 
     def visit(container, prefix):
@@ -131,6 +135,7 @@ def weight_sites(model: keras.layers.Layer) -> list[Site]:
         >>> [(s.path, [w.name for w in s.prunable]) for s in weight_sites(model)]
         [('d', ['kernel']), ('norm', [])]
     """
+    model = unwrap(model)
     nodes = list(walk(model))
     root = _unique(model.name, {path for path, _ in nodes})
     claimed: set[int] = set()
@@ -142,7 +147,18 @@ def weight_sites(model: keras.layers.Layer) -> list[Site]:
     return sites
 
 
+def unwrap(model: keras.layers.Layer) -> keras.layers.Layer:
+    """The model a :class:`keras_prune.PrunedModel` prunes, or ``model`` itself."""
+    return model.layer if _is_pruned_model(model) else model
+
+
+def _is_pruned_model(layer) -> bool:
+    return isinstance(layer, PruningState) and isinstance(layer, keras.Model)
+
+
 def _site(path: str, layer: keras.layers.Layer) -> Site:
+    if _is_pruned_model(layer):
+        return Site(path, layer)
     # A pruning wrapper holds masks and a step counter besides the layer: count the layer's weights.
     inner = layer.layer if isinstance(layer, PruneLowMagnitude) else layer
     inside = {id(w) for child in sub_layers(layer) for w in child.weights}

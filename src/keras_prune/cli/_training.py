@@ -89,17 +89,16 @@ def load_data(args: argparse.Namespace, model):
 
 
 def load_unpruned(args: argparse.Namespace):
-    """MODEL, with any gradual-pruning wrappers stripped (a note on stderr says so)."""
+    """MODEL, with any gradual-pruning state stripped (a note on stderr says so)."""
     from keras_prune import strip_pruning
-    from keras_prune.callbacks import collect_wrappers
+    from keras_prune.callbacks import collect_pruning
     from keras_prune.cli._common import load
 
     model = load(args)
-    wrappers = collect_wrappers(model)
-    if not wrappers:
+    if not collect_pruning(model):
         return model
-    print(f"note: '{args.model}' holds {len(wrappers)} pruning wrappers (a pruning checkpoint); "
-          "stripped them first, as `keras-prune strip` does.", file=sys.stderr)
+    print(f"note: '{args.model}' is a model being pruned (it holds pruning masks); stripped them "
+          "first, as `keras-prune strip` does.", file=sys.stderr)
     stripped = strip_pruning(model)
     if model.compiled:
         stripped.compile_from_config(model.get_compile_config())

@@ -6,7 +6,7 @@ import argparse
 
 DESCRIPTION = """\
 Train LeNet-300-100 on a 6,000-image MNIST subset shipped with keras-prune, prune it
-gradually (PolynomialDecay) to --sparsity while fine-tuning, strip the pruning wrappers, and
+gradually (PolynomialDecay) to --sparsity while fine-tuning, strip the pruning state, and
 compare the dense and the pruned model: test accuracy on 1,000 held-out images, sparsity,
 and file sizes (.keras, gzipped, and the compact .kpsparse format of export_sparse).
 Runs offline in about a minute on 2 CPU cores. The model files and demo.json go to a new

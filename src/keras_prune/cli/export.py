@@ -10,7 +10,7 @@ from keras_prune.cli._common import add_model_arguments, check_output, load
 SUFFIXES = {"sparse": ".kpsparse", "litert": ".tflite"}
 SAMPLES = 8  # random inputs the exported file's outputs are compared on
 DESCRIPTION = """\
-Write MODEL (pruning wrappers are stripped first) in a format where pruned weights cost
+Write MODEL (a model saved mid-pruning is stripped first) in a format where pruned weights cost
 almost nothing on disk, then load the result back and report the largest difference between
 its outputs and Keras's on random sample inputs.
 

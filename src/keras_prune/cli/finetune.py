@@ -30,7 +30,8 @@ from keras_prune.cli.prune_model import layer_filter, parse_pattern
 
 DESCRIPTION = f"""\
 Prune MODEL gradually to --sparsity while fine-tuning it on DATA, keeping pruned weights at
-exactly 0, then strip the pruning wrappers and write OUT.
+exactly 0, then strip the pruning state and write OUT. Layers are found at any depth
+(inside nested models, custom layers and KerasHub transformer blocks).
 
 --schedule polynomial (default) raises the sparsity from 0 on tfmot's cubic curve over the
 first two thirds of the epochs, so the last epochs recover at the final sparsity; constant
@@ -39,7 +40,7 @@ prunes to --sparsity at once and refreshes the masks every --frequency steps.
 {DATA_HELP}"""
 
 # The flags that define a run, besides the fine-tuning ones; a checkpoint resumes only its own.
-RUN_KEYS = ("sparsity", "schedule", "frequency", "scope", "pattern", "include", "exclude")
+RUN_KEYS = ("sparsity", "schedule", "frequency", "scope", "pattern", "layers", "exclude")
 
 EXAMPLES = """\
 examples:
@@ -66,7 +67,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="rank weights per tensor (default) or across all pruned layers")
     parser.add_argument("--pattern", default="unstructured", metavar="unstructured|M:N|block:RxC",
                         help="sparsity pattern, as in `keras-prune prune` (M:N prunes M of every N)")
-    parser.add_argument("--include", metavar="REGEX", help="prune only layers whose path matches REGEX")
+    parser.add_argument("--layers", "--include", dest="layers", metavar="REGEX",
+                        help="prune only layers whose path matches REGEX (paths as `keras-prune inspect` lists them)")
     parser.add_argument("--exclude", metavar="REGEX", help="leave out layers whose path matches REGEX")
     add_training_arguments(parser, epochs=4, data_required=True)
     parser.set_defaults(run=run)
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_unpruned(args)
     ensure_prunable(model)  # an error before any data is loaded; layer_filter checks the selection
-    wanted = layer_filter(model, args.include, args.exclude)
+    wanted = layer_filter(model, args.layers, args.exclude)
     data = load_data(args, model)
     config = compile_config(keras, model, args)
     steps_per_epoch = math.ceil(len(data.x_train) / args.batch_size)
@@ -99,8 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     wrapped, done = checkpoint.load(args.unsafe)
     if wrapped is None:
-        policy = filter_policy(wanted)
-        wrapped = kp.prune_low_magnitude(model, schedule, pruning_policy=policy, scope=args.scope, **pattern)
+        wrapped = kp.prune_low_magnitude(model, schedule, layers=wanted, scope=args.scope, **pattern)
         wrapped.compile_from_config(config)
     fit_resumably(wrapped, data, args, checkpoint, done, callbacks=[kp.UpdatePruningStep()])
     trained = wrapped.optimizer, wrapped.trainable_variables  # before stripping replaces them
@@ -116,17 +117,6 @@ def run(args: argparse.Namespace) -> int:
     for name, before in dense_scores.items():
         print(f"validation {name}: dense {before:.4f} -> pruned {pruned_scores[name]:.4f}")
     return 0
-
-
-def filter_policy(wanted):
-    """A ``PruningPolicy`` allowing the layers ``wanted(layer)`` accepts (all if None)."""
-    from keras_prune import PruningPolicy
-
-    class FilterPolicy(PruningPolicy):
-        def allow_pruning(self, layer):
-            return wanted is None or wanted(layer)
-
-    return FilterPolicy()
 
 
 def make_schedule(kp, kind: str, sparsity: float, epochs: int, steps_per_epoch: int, frequency: int | None):

@@ -11,7 +11,7 @@ Print one row per layer that holds weights: type, parameters, prunable parameter
 sparsity of the prunable weights, the sparsity pattern (dense, unstructured, M:N = M zeros in
 every N consecutive input weights, block RxC) and the bytes stored densely and with an
 estimated sparse encoding (a bitmask plus the nonzero values), then the totals.
-Layer paths shown here are the ones --include/--exclude of `keras-prune prune` match."""
+Layer paths shown here are the ones --layers/--exclude of `keras-prune prune` and `finetune` match."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pattern", default="unstructured", metavar="unstructured|M:N|block:RxC",
         help="sparsity pattern (default: unstructured); see above",
     )
-    parser.add_argument("--include", metavar="REGEX", help="prune only layers whose path matches REGEX")
+    parser.add_argument("--layers", "--include", dest="layers", metavar="REGEX",
+                        help="prune only layers whose path matches REGEX (paths as `keras-prune inspect` lists them)")
     parser.add_argument("--exclude", metavar="REGEX", help="leave out layers whose path matches REGEX")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
     parser.set_defaults(run=run)
@@ -86,7 +87,7 @@ def parse_pattern(text: str) -> dict:
 
 
 def layer_filter(model, include: str | None, exclude: str | None):
-    """A ``layer -> bool`` filter from --include/--exclude regexes on layer paths, or None.
+    """A ``layer -> bool`` filter from --layers/--exclude regexes on layer paths, or None.
 
     Each given regex must match a layer that holds prunable weights, and together they must
     leave at least one: a flag that selects nothing is an error, not a silent no-op.
@@ -96,7 +97,7 @@ def layer_filter(model, include: str | None, exclude: str | None):
 
     if include is None and exclude is None:
         return None
-    inc, exc = _compile("--include", include), _compile("--exclude", exclude)
+    inc, exc = _compile("--layers", include), _compile("--exclude", exclude)
 
     def path_wanted(path: str) -> bool:
         return (inc is None or inc.search(path) is not None) and (exc is None or exc.search(path) is None)
@@ -128,7 +129,7 @@ def _check_selection(candidates: list[str], include, inc, exclude, exc, path_wan
 
     listing = f"layers with prunable weights: {list_paths(candidates)} (`keras-prune inspect MODEL` lists them)"
     for flag, text, pattern, effect in (
-        ("--include", include, inc, "would select nothing"),
+        ("--layers", include, inc, "would select nothing"),
         ("--exclude", exclude, exc, "would leave out nothing"),
     ):
         if pattern is not None and not any(pattern.search(path) for path in candidates):
@@ -138,8 +139,8 @@ def _check_selection(candidates: list[str], include, inc, exclude, exc, path_wan
             )
     if not any(path_wanted(path) for path in candidates):
         raise CLIError(
-            "--include and --exclude together leave no layer to prune; narrow --exclude. "
-            f"Received: --include {include} --exclude {exclude}; {listing}."
+            "--layers and --exclude together leave no layer to prune; narrow --exclude. "
+            f"Received: --layers {include} --exclude {exclude}; {listing}."
         )
 
 
@@ -163,10 +164,10 @@ def run(args: argparse.Namespace) -> int:
         sparsity=sparsity,
         threshold=threshold,
         scope=args.scope,
-        layers=layer_filter(model, args.include, args.exclude),
+        layers=layer_filter(model, args.layers, args.exclude),
         **pattern,
     )
-    report.settings.update(model=args.model, output=args.output, include=args.include, exclude=args.exclude)
+    report.settings.update(model=args.model, output=args.output, layers=args.layers, exclude=args.exclude)
     save(model, args)
     if args.report:
         atomic_write(args.report, lambda tmp: Path(tmp).write_text(report.to_json() + "\n"))

@@ -33,8 +33,8 @@ Remove the least important R of the channels of every prunable group (Dense unit
 filters, attention heads; coupled layers such as residual Adds, Concatenate, BatchNorm and
 depthwise convolutions are pruned together) and write the smaller dense model to OUT. The
 output layer, --exclude'd layers and groups that reach a layer keras-prune cannot reason
-about keep all their channels; the plan lists them. A MODEL still holding gradual-pruning
-wrappers (a `finetune` or prune_low_magnitude checkpoint) is stripped first, with a note.
+about keep all their channels; the plan lists them. A MODEL saved mid-pruning (a
+`finetune` or prune_low_magnitude checkpoint) is stripped first, with a note.
 
 With --data and --epochs N the smaller model is fine-tuned for N epochs, as `finetune` does;
 with validation data in DATA the validation metrics are reported before and after.

@@ -10,7 +10,7 @@ DESCRIPTION = """\
 Write MODEL in every format into a temporary folder and print a table of their sizes: the
 .keras file (no optimizer state), the same gzipped (level 9), the keras-prune sparse format
 (.kpsparse) with float32 (lossless), float16 and int8 kernel values, and LiteRT (.tflite) with
-the sparsity optimization. Pruning wrappers are stripped first. If the LiteRT conversion fails
+the sparsity optimization. A model saved mid-pruning is stripped first. If the LiteRT conversion fails
 (or the backend is not TensorFlow), its row is left out and a note on stderr says why."""
 
 

@@ -19,6 +19,9 @@ from types import SimpleNamespace
 import keras
 
 import keras_prune
+from keras_prune import masks
+from keras_prune.core import check_schedule, check_scope
+from keras_prune.prune import wrap_layers
 from keras_prune.schedules import ConstantSparsity
 
 
@@ -31,14 +34,22 @@ def prune_low_magnitude(
     sparsity_m_by_n=None,
     **kwargs,
 ):
-    """tfmot's ``prune_low_magnitude``, with tfmot's positional argument order."""
-    return keras_prune.prune_low_magnitude(
+    """tfmot's ``prune_low_magnitude``, with tfmot's positional argument order.
+
+    As in tfmot, each pruned layer of a model is wrapped in a ``PruneLowMagnitude`` found in
+    ``model.layers`` (Sequential and functional models are cloned), and ``pruning_policy``
+    chooses the layers.
+    """
+    block, pooling, m_by_n = masks.check_pattern(block_size, block_pooling_type, sparsity_m_by_n)
+    scope = check_scope(kwargs.pop("scope", "layer"), block, m_by_n)
+    return wrap_layers(
         to_prune,
-        pruning_schedule=pruning_schedule or ConstantSparsity(0.5, 0),
-        block_size=block_size,
-        block_pooling_type=block_pooling_type,
-        sparsity_m_by_n=sparsity_m_by_n,
+        check_schedule(pruning_schedule or ConstantSparsity(0.5, 0)),
         pruning_policy=pruning_policy,
+        block_size=block,
+        block_pooling_type=pooling,
+        sparsity_m_by_n=m_by_n,
+        scope=scope,
         **kwargs,
     )
 

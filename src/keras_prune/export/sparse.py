@@ -96,10 +96,10 @@ def read_header(path: str | os.PathLike) -> dict:
 
 def _stripped(model: keras.Model) -> keras.Model:
     """``model`` without pruning wrappers (the export formats store plain layers)."""
-    from keras_prune.callbacks import collect_wrappers
+    from keras_prune.callbacks import collect_pruning
     from keras_prune.prune import strip_pruning
 
-    return strip_pruning(model) if collect_wrappers(model) else model
+    return strip_pruning(model) if collect_pruning(model) else model
 
 
 def _architecture(model: keras.Model) -> dict:
