@@ -166,7 +166,7 @@ def test_a_checkpoint_is_not_resumed_on_changed_data(files, capsys, monkeypatch)
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(files, capsys, monkeypatch):
     def poison(model):  # after epoch 1 is safely checkpointed, a weight goes bad
-        bias = model.get_layer("prune_low_magnitude_logits").layer.bias
+        bias = model.layer.get_layer("logits").bias
         bias.assign(np.full(bias.shape, np.nan, "float32"))
 
     real_save = interrupt_after(monkeypatch, 1, then=poison)

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_prune.compat.tfmot as tfmot
 from keras_prune import ConstantSparsity, PruningReport, magnitude_prune, prune_low_magnitude, summarize
 from keras_prune.analysis.plots import plot_layer_sparsity, plot_metric_vs_sparsity
 from keras_prune.analysis.report import detect_pattern, sparse_bytes
@@ -87,10 +88,13 @@ def test_table_lists_every_layer_and_totals():
         assert token in text
 
 
-def test_wrapped_model_counts_the_wrapped_layer_only():
-    model = model_with_known_zeros()
-    pruned = prune_low_magnitude(model, ConstantSparsity(0.5, 0))
-    row = summarize(pruned).layer("prune_low_magnitude_a")
+def test_model_being_pruned_counts_its_own_weights_not_the_masks():
+    pruned = prune_low_magnitude(model_with_known_zeros(), ConstantSparsity(0.5, 0))
+    row = summarize(pruned).layer("a")
+    assert row.type == "Dense"
+    assert (row.params, row.prunable, row.sparsity) == (36, 32, 0.5)
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(model_with_known_zeros(), ConstantSparsity(0.5, 0))
+    row = summarize(wrapped).layer("prune_low_magnitude_a")
     assert row.type == "PruneLowMagnitude(Dense)"
     assert (row.params, row.prunable, row.sparsity) == (36, 32, 0.5)
 

@@ -95,10 +95,17 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def _stripped(model: keras.Model) -> keras.Model:
-    """``model`` without pruning wrappers (the export formats store plain layers)."""
+    """``model`` without pruning state (the export formats store plain layers), leaving it as it is.
+
+    A :class:`keras_prune.PrunedModel` hands out the model it prunes, still pruned (its
+    zeros are in the variables); a model with tfmot-style wrappers is cloned without them.
+    """
     from keras_prune.callbacks import collect_pruning
     from keras_prune.prune import strip_pruning
+    from keras_prune.traversal import unwrap
 
+    if unwrap(model) is not model:
+        return unwrap(model)
     return strip_pruning(model) if collect_pruning(model) else model
 
 

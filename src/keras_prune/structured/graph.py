@@ -87,7 +87,12 @@ class ChannelGraph:
         [(('a',), None), (('b',), 'model output channels are kept')]
     """
 
-    def __init__(self, model: keras.Model, exclude: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        model: keras.Model,
+        exclude: tuple[str, ...] = (),
+        opaque: dict[str, str] | None = None,
+    ):
         if not isinstance(model, keras.Model):
             raise TypeError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
         if not model.built or not getattr(model, "outputs", None):
@@ -97,6 +102,9 @@ class ChannelGraph:
             )
         self.model = model
         self.unknown: dict[str, str] = {}  # layer name -> why the graph left it alone
+        # Layers handled elsewhere (a KerasHub backbone, its shared sub-layers): untouched
+        # here, their channels kept, and not reported as unknown.
+        self.opaque: dict[str, str] = dict(opaque or {})
         self._parent: list[int] = []
         self._blocked: dict[int, str] = {}  # element -> reason
         self._slots: dict[str, dict[str, np.ndarray]] = {}
@@ -161,6 +169,8 @@ class ChannelGraph:
             in_ids = [ids[id(t)] for t in inputs]
             if layer.name in exclude:
                 outs = self._opaque(node, in_ids, f"layer '{layer.name}' is excluded")
+            elif layer.name in self.opaque:
+                outs = self._opaque(node, in_ids, self.opaque[layer.name])
             else:
                 try:
                     outs = self._trace_layer(layer, node, inputs, in_ids)

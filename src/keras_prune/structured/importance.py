@@ -6,7 +6,7 @@ column, the consumers' input rows, BatchNorm scales, biases. Higher means kept l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
@@ -21,6 +21,8 @@ def unit_scores(
     graph: ChannelGraph,
     importance: str = "l1",
     calibration_data=None,
+    *,
+    weight_fn: Callable[[keras.Variable], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Scores every unit of ``graph``.
 
@@ -34,6 +36,8 @@ def unit_scores(
             compiled loss).
         calibration_data: for ``"taylor"``: a tuple ``(x, y)`` of arrays, or an iterable of
             ``(x, y)`` batches.
+        weight_fn: the result of :func:`weight_importance` for the same arguments, when the
+            caller has it already (the Taylor gradients are then not computed again).
 
     Returns:
         A float64 array with one score per unit.
@@ -44,11 +48,10 @@ def unit_scores(
         >>> unit_scores(ChannelGraph(model), "l1").shape  # 2 hidden units + 1 output unit
         (3,)
     """
-    if importance == "taylor":
-        grads = _gradients(graph.model, calibration_data)
-        return _accumulate(graph, lambda layer, var: np.abs(_numpy(var) * grads[id(var)]))
-    if importance == "l2":
-        return np.sqrt(_accumulate(graph, lambda layer, var: np.square(_numpy(var))))
+    if importance in ("taylor", "l2"):
+        per_weight = weight_fn or weight_importance(graph.model, importance, calibration_data)
+        scores = _accumulate(graph, lambda layer, var: per_weight(var))
+        return np.sqrt(scores) if importance == "l2" else scores
     if importance == "bn_scale":
         bn = _accumulate(graph, _bn_gamma)
         l1 = _accumulate(graph, lambda layer, var: np.abs(_numpy(var)))
@@ -58,6 +61,36 @@ def unit_scores(
                 bn[units] = l1[units]
         return bn
     return _accumulate(graph, lambda layer, var: np.abs(_numpy(var)))
+
+
+def weight_importance(
+    model: keras.Model,
+    importance: str = "l1",
+    calibration_data=None,
+) -> Callable[[keras.Variable], np.ndarray]:
+    """A function from a variable of ``model`` to the importance of each of its entries.
+
+    ``"l1"`` and ``"bn_scale"`` give ``|w|``, ``"l2"`` gives ``w**2`` (sum, then take the
+    square root), ``"taylor"`` gives ``|w * dL/dw|`` with the gradients of the compiled loss
+    over ``calibration_data`` (computed once, here).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        >>> weight_importance(model, "l1")(model.layers[0].kernel).shape
+        (2, 1)
+    """
+    if importance == "taylor":
+        grads = _gradients(model, calibration_data)
+
+        def taylor(variable) -> np.ndarray:
+            grad = grads.get(id(variable))
+            value = _numpy(variable)
+            return np.abs(value if grad is None else value * grad)
+
+        return taylor
+    if importance == "l2":
+        return lambda variable: np.square(_numpy(variable))
+    return lambda variable: np.abs(_numpy(variable))
 
 
 def bn_scale_groups(graph: ChannelGraph) -> list[int]:

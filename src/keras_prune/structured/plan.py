@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 
 from keras_prune.structured.graph import ChannelGraph, Group
+from keras_prune.structured.transformer import HubPlan
 
 SCOPES = ("layer", "global")
 
@@ -19,11 +20,14 @@ class ChannelPlan:
         graph: the model's channel graph.
         scores: one importance score per unit.
         removed: one bool per unit, True when the unit is removed.
+        hub: the heads and FFN units removed from each KerasHub backbone of the model
+            (see :mod:`keras_prune.structured.transformer`).
     """
 
     graph: ChannelGraph
     scores: np.ndarray
     removed: np.ndarray
+    hub: list[HubPlan] = dataclasses.field(default_factory=list)
 
     def kept(self, group: Group) -> int:
         """How many units of ``group`` remain."""
@@ -41,10 +45,14 @@ class ChannelPlan:
         return [g for g in self.graph.groups if g.blocked is None]
 
     def summary(self) -> str:
-        """One line per group: its producers and the units it keeps, or why it is blocked."""
-        lines = []
+        """One line per transformer block ("transformer_layer_0: heads 4 -> 2, ffn 128 -> 64"),
+        then one per channel group: its producers and the units it keeps, or why it is blocked."""
+        lines = [line for hub in self.hub for line in hub.summary_lines()]
+        handled = set(self.graph.opaque.values())
         for g in self.graph.groups:
             name = ", ".join(g.producers)
+            if g.blocked in handled:
+                continue
             if g.blocked:
                 lines.append(f"{name}: kept {g.size}/{g.size} ({g.blocked})")
             else:
@@ -60,6 +68,7 @@ def plan_removal(
     *,
     scope: str = "layer",
     round_to: int = 1,
+    heads: float | None = None,
 ) -> ChannelPlan:
     """Chooses the lowest-scored units of every prunable group.
 
@@ -67,7 +76,9 @@ def plan_removal(
     units of all groups are ranked together (each group's scores divided by their mean, so
     wide and narrow layers compare fairly). Either way the kept count of a group is rounded
     to a multiple of ``round_to`` (never below ``round_to``, never above the group size),
-    and every producing layer keeps at least one channel.
+    and every producing layer keeps at least one channel. Groups of attention heads lose
+    ``heads`` of their heads (``ratio`` when ``None``, never rounded to ``round_to``); with
+    ``scope="layer"`` a ratio that would remove every head raises ``ValueError``.
 
     Example:
         >>> import keras
@@ -84,10 +95,24 @@ def plan_removal(
         counts = _global_counts(groups, scores, ratio)
     else:
         counts = {g.index: int(round(ratio * g.size)) for g in groups}
+        heads = ratio if heads is None else heads
+        for g in groups:
+            if _is_heads(g):
+                counts[g.index] = int(round(heads * g.size))
+                if counts[g.index] >= g.size:
+                    raise ValueError(
+                        f"A head ratio of {heads:g} would remove all {g.size} heads of "
+                        f"'{g.producers[0].partition(':')[0]}'. Use a head ratio below "
+                        f"{(g.size - 0.5) / g.size:.3g} (pass heads= to set it apart from ratio)."
+                    )
     for g in groups:
-        keep = _round_keep(g.size, g.size - counts[g.index], round_to)
+        keep = g.size - counts[g.index] if _is_heads(g) else _round_keep(g.size, g.size - counts[g.index], round_to)
         _remove_lowest(graph, g, scores, g.size - keep, removed)
     return ChannelPlan(graph, scores, removed)
+
+
+def _is_heads(group: Group) -> bool:
+    return any(p.endswith(":heads") for p in group.producers)
 
 
 def _global_counts(groups: list[Group], scores: np.ndarray, ratio: float) -> dict[int, int]:

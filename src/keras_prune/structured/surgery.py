@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_prune.structured import transformer
 from keras_prune.structured.graph import _CONV, _CONV_T, _SEPARABLE
 from keras_prune.structured.plan import ChannelPlan
 
@@ -15,18 +16,49 @@ def apply_plan(plan: ChannelPlan) -> keras.Model:
 
     Layers keep their names. Configs shrink (``units``, ``filters``, ``output_dim``,
     ``num_heads``, a Reshape's ``target_shape``); every weight is sliced along the axes
-    whose channels were removed. The new model is not compiled.
+    whose channels were removed. A KerasHub backbone is rebuilt as the same class from its
+    config with fewer heads and FFN units; a model around it (a task such as
+    ``GPT2CausalLM``, or a functional model calling the backbone and its layers) is rebuilt
+    around the new backbone. The new model is not compiled.
     """
     model = plan.graph.model
+    rebuilt = {id(hub.site.layer): transformer.rebuild(hub) for hub in plan.hub}
+    if id(model) in rebuilt:
+        return rebuilt[id(model)]
+    inner = {}  # id(a layer inside an old backbone) -> the same layer in its new backbone
+    for hub in plan.hub:
+        inner.update(transformer.matching_layers(hub.site.layer, rebuilt[id(hub.site.layer)]))
+    if plan.hub and transformer.is_task(model):
+        return _rebuild_task(model, plan, rebuilt)
     configs = {layer.name: _resized_config(layer, plan) for layer in model.layers}
 
     def clone(layer):
+        if id(layer) in rebuilt or id(layer) in inner:
+            return rebuilt.get(id(layer)) or inner[id(layer)]
         return layer.__class__.from_config(configs.get(layer.name) or layer.get_config())
 
     new_model = keras.models.clone_model(model, clone_function=clone)
     for layer in model.layers:
-        if layer.weights:
+        if layer.weights and id(layer) not in rebuilt and id(layer) not in inner:
             _copy_weights(layer, new_model.get_layer(layer.name), plan)
+    return new_model
+
+
+def _rebuild_task(model, plan: ChannelPlan, rebuilt: dict) -> keras.Model:
+    """A KerasHub task rebuilt from its config around its new backbone, other weights copied."""
+    (hub,) = plan.hub
+    config = model.get_config()
+    config["backbone"] = rebuilt[id(hub.site.layer)]
+    config["preprocessor"] = getattr(model, "preprocessor", None)
+    new_model = type(model).from_config(config)
+    old_backbone = {id(w) for w in hub.site.layer.weights}
+    rest = [w for w in model.weights if id(w) not in old_backbone]
+    new_backbone = {id(w) for w in config["backbone"].weights}
+    new_rest = [w for w in new_model.weights if id(w) not in new_backbone]
+    if [tuple(w.shape) for w in rest] != [tuple(w.shape) for w in new_rest]:
+        raise RuntimeError(f"Internal error rebuilding the task '{model.name}' around its smaller backbone.")
+    for source, target in zip(rest, new_rest):
+        target.assign(keras.ops.convert_to_numpy(source))
     return new_model
 
 
@@ -89,11 +121,19 @@ def removal_masks(plan: ChannelPlan) -> list:
                     mask = mask * keep.reshape(shape)
             if not mask.all():
                 masks.append((variable, mask))
+    for hub in plan.hub:
+        for variable, axis, keep in hub.masks():
+            if variable.trainable:
+                shape = [1] * len(variable.shape)
+                shape[axis] = -1
+                mask = np.broadcast_to(keep.reshape(shape), variable.shape).astype(variable.dtype)
+                masks.append((variable, mask))
     return masks
 
 
 def zero_removed(plan: ChannelPlan) -> None:
-    """Zeroes, in the plan's own model, every trainable weight slice of the removed units.
+    """Zeroes, in the plan's own model, every trainable weight slice of the removed units
+    (channels, attention heads, FFN units).
 
     The model keeps its shape; :func:`apply_plan` on the same plan then gives a smaller
     model with the same outputs.
