@@ -52,3 +52,86 @@ def assert_one_line_failure(code, err, *phrases):
     assert len(lines) == 1 and "Traceback" not in err, err
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
+
+
+# -- pruning either way: the model-level core (PrunedModel) or tfmot-style wrappers -------------
+
+
+def prune_functions():
+    """``{"core": keras_prune.prune_low_magnitude, "tfmot": the tfmot-compatible one}``.
+
+    Both take the same keyword arguments (``pruning_policy`` only on the tfmot path); the core
+    returns a ``PrunedModel`` holding the model, the tfmot path a model of wrappers.
+    """
+    import keras_prune
+    import keras_prune.compat.tfmot as tfmot
+
+    return {"core": keras_prune.prune_low_magnitude, "tfmot": tfmot.sparsity.keras.prune_low_magnitude}
+
+
+def pruned_variables(pruned):
+    """Every pruned weight variable of a model pruned either way, in mask order."""
+    from keras_prune.callbacks import collect_pruning
+
+    return [w for state in collect_pruning(pruned) for w in state.prunable_weights()]
+
+
+def pruned_masks(pruned):
+    """The boolean masks (``True`` keeps) of every pruned weight, in the order of ``pruned_variables``."""
+    from keras_prune.callbacks import collect_pruning
+
+    return [keep for state in collect_pruning(pruned) for keep in state.masks()]
+
+
+def pruning_steps(pruned):
+    """The pruning step counter of each pruning state (one for a PrunedModel, one per wrapper)."""
+    from keras_prune.callbacks import collect_pruning
+
+    return [int(keras.ops.convert_to_numpy(state.pruning_step)) for state in collect_pruning(pruned)]
+
+
+def pruned_kernel(pruned, layer_name):
+    """The pruned kernel of the layer named ``layer_name``, as numpy, in a model pruned either way."""
+    found = [w for w in pruned_variables(pruned) if w.path.split("/")[-2:] == [layer_name, "kernel"]]
+    assert len(found) == 1, [w.path for w in pruned_variables(pruned)]
+    return keras.ops.convert_to_numpy(found[0])
+
+
+def twin(model):
+    """A separate model of the same class and config with the same weights (to prune twice)."""
+    copy = model.__class__.from_config(model.get_config())
+    if not copy.built:
+        copy.build_from_config(model.get_build_config())
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+@keras.saving.register_keras_serializable(package="keras_prune_tests")
+class GatedBlock(keras.layers.Layer):
+    """A custom layer holding an EinsumDense and a Dense, plus a weight of its own (left dense)."""
+
+    def __init__(self, units=12, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.up = keras.layers.EinsumDense("bi,ih->bh", output_shape=(2 * units,), bias_axes="h", name="up")
+        self.down = keras.layers.Dense(units, name="down")
+
+    def build(self, input_shape):
+        self.up.build(input_shape)
+        self.down.build((*input_shape[:-1], self.units))
+        self.gain = self.add_weight(name="gain", shape=(self.units,), initializer="ones")
+
+    def call(self, x):
+        value, gate = keras.ops.split(self.up(x), 2, axis=-1)
+        return self.down(value * keras.ops.sigmoid(gate)) * self.gain
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def block_model(features=16, classes=3):
+    """A functional classifier whose middle layer is a ``GatedBlock`` (pruned inside it)."""
+    inputs = keras.Input((features,))
+    hidden = keras.layers.Dense(24, activation="relu", name="stem")(inputs)
+    hidden = GatedBlock(name="block")(hidden)
+    return keras.Model(inputs, keras.layers.Dense(classes, name="head")(hidden), name="blocky")

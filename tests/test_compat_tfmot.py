@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 
+import keras_prune as kp
 import keras_prune.compat.tfmot as tfmot
 
-from helpers import dense_data
+from helpers import compile_classifier, dense_data, mlp, pruned_masks, pruning_steps
 
 pytestmark = pytest.mark.core
 
@@ -57,3 +58,40 @@ def test_prune_scope_loads_saved_pruning_models(tmp_path):
     with k.prune_scope():
         loaded = keras.models.load_model(path)
     assert type(loaded.layers[0]).__name__ == "PruneLowMagnitude"
+
+
+def _prune_and_train(prune, model, **kwargs):
+    x, labels = dense_data()
+    pruned = prune(model, tfmot.sparsity.keras.PolynomialDecay(0.2, 0.8, begin_step=0, end_step=12, frequency=3),
+                   **kwargs)
+    compile_classifier(pruned, keras.optimizers.SGD(0.05, momentum=0.9))
+    pruned.fit(x, labels, epochs=2, batch_size=32, shuffle=False, verbose=0,
+               callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+    return pruned
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"scope": "global"}, {"sparsity_m_by_n": (2, 4)}, {"block_size": (4, 1)}],
+                         ids=["layer", "global", "2:4", "block"])
+def test_tfmot_wrappers_and_the_core_prune_identically(kwargs):
+    base = mlp()
+    wrapped = _prune_and_train(tfmot.sparsity.keras.prune_low_magnitude, base, **kwargs)  # clones `base`
+    core = _prune_and_train(kp.prune_low_magnitude, base, **kwargs)  # prunes `base` in place
+    assert all(isinstance(layer, kp.PruneLowMagnitude) for layer in wrapped.layers)
+    assert isinstance(core, kp.PrunedModel) and core.layer is base
+    assert pruning_steps(wrapped) == [16, 16] and pruning_steps(core) == [16]
+    for a, b in zip(pruned_masks(wrapped), pruned_masks(core), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert 0 < np.mean(~pruned_masks(core)[0]) < 1
+    stripped = [tfmot.sparsity.keras.strip_pruning(m) for m in (wrapped, core)]
+    for a, b in zip(stripped[0].get_weights(), stripped[1].get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pruning_policy_is_for_the_tfmot_path_only():
+    skip_logits = type("SkipLogits", (kp.PruningPolicy,), {"allow_pruning": lambda self, layer: layer.name != "logits"})
+    with pytest.raises(TypeError, match="compat.tfmot"):
+        kp.prune_low_magnitude(mlp(), pruning_policy=skip_logits())
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(mlp(), pruning_policy=skip_logits())
+    assert [type(layer).__name__ for layer in wrapped.layers] == ["PruneLowMagnitude", "Dense"]
+    core = kp.prune_low_magnitude(mlp(), layers=skip_logits().allow_pruning)  # the same choice, the core's way
+    assert core.pruned_layers == ["hidden"]

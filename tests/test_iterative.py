@@ -8,6 +8,8 @@ from keras_prune import iterative_prune
 from keras_prune.iterative import round_sparsities
 from keras_prune.masks import prune_count
 
+from helpers import GatedBlock, block_model
+
 pytestmark = pytest.mark.core
 
 
@@ -111,3 +113,25 @@ def test_bad_arguments():
     uncompiled = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="must be compiled"):
         iterative_prune(uncompiled, (x, y), target_sparsity=0.5, **common)
+
+
+def test_layers_inside_a_custom_layer_are_pruned_exactly_and_input_is_untouched():
+    model = compiled(block_model(features=8, classes=2))
+    before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+    x, y = data()
+    report = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.75, steps=2,
+                             epochs_per_step=1, batch_size=64, layers="block/")
+    out = report.model
+    assert type(out) is type(model) and out is not model
+    block = out.get_layer("block")
+    assert isinstance(block, GatedBlock)
+    for weight in (block.up.kernel, block.down.kernel):  # inside the custom layer
+        values = keras.ops.convert_to_numpy(weight)
+        assert np.count_nonzero(values == 0) == prune_count(0.75, values.size), weight.path
+        assert weight.constraint is None  # no pruning state left on the returned model
+    for name in ("stem", "head"):  # not selected
+        assert np.count_nonzero(keras.ops.convert_to_numpy(out.get_layer(name).kernel) == 0) == 0
+    assert np.count_nonzero(keras.ops.convert_to_numpy(block.gain) == 0) == 0  # the block's own weight
+    for old, new in zip(before, model.weights, strict=True):
+        np.testing.assert_array_equal(old, keras.ops.convert_to_numpy(new))
+    assert [h["round"] for h in report.history] == [1, 2]

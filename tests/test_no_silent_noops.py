@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import keras_prune as kp
+import keras_prune.compat.tfmot as tfmot
 from keras_prune import masks
-from keras_prune.callbacks import collect_wrappers
+from keras_prune.callbacks import collect_pruning
 from keras_prune.cli.prune_model import layer_filter
 
 from helpers import assert_one_line_failure, run_cli
@@ -111,9 +112,26 @@ def test_layers_selecting_some_layers_is_fine():
 
 def test_policy_allowing_nothing_is_an_error_and_changes_nothing():
     model = mlp()
+    before = weights_of(model)
     with pytest.raises(ValueError, match=r"`pruning_policy` allows none .*\(hidden, out\).*allow_pruning"):
-        kp.prune_low_magnitude(model, pruning_policy=AllowNothing())
+        tfmot.sparsity.keras.prune_low_magnitude(model, pruning_policy=AllowNothing())
     assert all(layer.kernel.constraint is None for layer in model.layers)
+    assert_unchanged(model, before)
+
+
+@pytest.mark.parametrize("layers, says", [
+    (AllowNothing().allow_pruning, "selects none"),
+    ("logits", "selects none"),
+    (["logits"], "names 'logits', which is not the path or name"),
+])
+def test_gradual_layers_selecting_nothing_is_an_error_and_changes_nothing(layers, says):
+    model = mlp()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match=rf"Argument `layers` {says} .*\(hidden, out\)\. Received: layers="):
+        kp.prune_low_magnitude(model, layers=layers)
+    assert all(layer.kernel.constraint is None for layer in model.layers)
+    assert_unchanged(model, before)
+    assert kp.prune_low_magnitude(model).pruned_layers == ["hidden", "out"]  # nothing was left half-pruned
 
 
 class TwoDense(keras.Model):
@@ -130,8 +148,11 @@ def test_policy_allowing_nothing_in_a_subclassed_model_is_an_error():
     model = TwoDense()
     model(np.zeros((1, 4), "float32"))
     with pytest.raises(ValueError, match="allows none"):
-        kp.prune_low_magnitude(model, pruning_policy=AllowNothing())
-    assert not collect_wrappers(model) and isinstance(model.first, keras.layers.Dense)
+        tfmot.sparsity.keras.prune_low_magnitude(model, pruning_policy=AllowNothing())
+    assert not collect_pruning(model) and isinstance(model.first, keras.layers.Dense)
+    with pytest.raises(ValueError, match="`layers` selects none"):
+        kp.prune_low_magnitude(model, layers=AllowNothing().allow_pruning)
+    assert not collect_pruning(model) and model.first.kernel.constraint is None
 
 
 # -- models with nothing to prune --------------------------------------------------------------
@@ -213,15 +234,23 @@ def test_iterative_refuses_a_block_that_fits_nothing_before_training():
 def test_gradual_two_four_warns_at_wrap_time_for_a_short_input_axis():
     with pytest.warns(UserWarning, match=r"Layer 'conv': the 2:4 pattern does not fit .*stays dense"):
         pruned = kp.prune_low_magnitude(one_channel_cnn(), sparsity_m_by_n=(2, 4))
-    assert len(collect_wrappers(pruned)) == 2
+    assert pruned.pruned_layers == ["conv", "dense"]
+    with pytest.warns(UserWarning, match=r"Layer 'conv': the 2:4 pattern does not fit .*stays dense"):
+        wrapped = tfmot.sparsity.keras.prune_low_magnitude(one_channel_cnn(), sparsity_m_by_n=(2, 4))
+    assert [w.layer.name for w in collect_pruning(wrapped)] == ["conv", "dense"]
 
 
 def test_gradual_pattern_fitting_no_layer_is_an_error():
     only_conv = type("OnlyConv", (kp.PruningPolicy,), {"allow_pruning": lambda self, layer: layer.name == "conv"})
     with pytest.raises(ValueError, match="`sparsity_m_by_n` fits none"):
-        kp.prune_low_magnitude(one_channel_cnn(), sparsity_m_by_n=(2, 4), pruning_policy=only_conv())
+        tfmot.sparsity.keras.prune_low_magnitude(one_channel_cnn(), sparsity_m_by_n=(2, 4), pruning_policy=only_conv())
+    for layers in ("conv", only_conv().allow_pruning):
+        with pytest.raises(ValueError, match="`sparsity_m_by_n` fits none"):
+            kp.prune_low_magnitude(one_channel_cnn(), sparsity_m_by_n=(2, 4), layers=layers)
     with pytest.raises(ValueError, match="`block_size` fits none"):
         kp.prune_low_magnitude(mlp(), block_size=(1000, 1000))
+    with pytest.raises(ValueError, match="`block_size` fits none"):
+        tfmot.sparsity.keras.prune_low_magnitude(mlp(), block_size=(1000, 1000))
     conv = keras.layers.Conv2D(4, 3)
     conv.build((None, 6, 6, 1))
     with pytest.raises(ValueError, match="`sparsity_m_by_n` fits none"):
@@ -232,6 +261,7 @@ def test_gradual_fitting_pattern_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         kp.prune_low_magnitude(mlp(), sparsity_m_by_n=(2, 4))
+        tfmot.sparsity.keras.prune_low_magnitude(mlp(), sparsity_m_by_n=(2, 4))
 
 
 # -- the command line --------------------------------------------------------------------------
@@ -246,7 +276,8 @@ def mlp_file(tmp_path):
 
 @pytest.mark.parametrize("flags, phrases", [
     (["--exclude", "logits"], ["--exclude matches no layer", "--exclude logits", "hidden, out"]),
-    (["--include", "logits"], ["--include matches no layer", "--include logits", "hidden, out"]),
+    (["--layers", "logits"], ["--layers matches no layer", "--layers logits", "hidden, out"]),
+    (["--include", "logits"], ["--layers matches no layer", "--layers logits", "hidden, out"]),  # the old name
     (["--include", "hidden", "--exclude", "hid"], ["together leave no layer", "--exclude hid"]),
 ])
 def test_cli_selection_matching_nothing_is_refused(capsys, tmp_path, mlp_file, flags, phrases):
@@ -286,11 +317,24 @@ def test_cli_prints_pattern_warnings_under_the_table_and_in_the_json(capsys, tmp
     assert_one_line_failure(code, err, "fits none", "'conv'")
 
 
-def test_cli_filter_skips_sub_layers_it_does_not_list():
+def attention_model():
     inputs = keras.Input((4, 8))
     attended = keras.layers.MultiHeadAttention(2, 4, name="attention")(inputs, inputs)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(attended))
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(attended))
+
+
+def test_cli_filter_skips_sub_layers_it_does_not_list():
+    model = attention_model()
     wanted = layer_filter(model, None, "logits")
     policy = type("Wanted", (kp.PruningPolicy,), {"allow_pruning": lambda self, layer: wanted(layer)})()
-    pruned = kp.prune_low_magnitude(model, pruning_policy=policy)  # visits the attention's own Dense layers
-    assert [w.layer.name for w in collect_wrappers(pruned)] == ["attention"]
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_policy=policy)  # visits the attention's Dense
+    assert [w.layer.name for w in collect_pruning(pruned)] == ["attention"]
+
+
+def test_cli_filter_as_layers_prunes_only_what_it_lists():
+    model = attention_model()
+    pruned = kp.prune_low_magnitude(model, layers=layer_filter(model, None, "logits"))
+    assert pruned.pruned_layers == ["attention"]
+    attention = model.get_layer("attention")
+    assert [id(w) for w in pruned.prunable_weights()] == [id(w) for w in kp.registry.prunable_weights(attention)]
+    assert model.get_layer("logits").kernel.constraint is None

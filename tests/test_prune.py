@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_prune as kp
-from keras_prune import masks
 import keras_prune.compat.tfmot as tfmot
+from keras_prune import masks
 from keras_prune.callbacks import collect_pruning
 
 from helpers import compile_classifier, dense_data, mlp

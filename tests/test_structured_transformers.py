@@ -1,4 +1,5 @@
-"""prune_channels on transformers: whole attention heads and FFN units, same KerasHub class."""
+"""prune_channels on transformers: whole attention heads and FFN units, same KerasHub class or,
+for classes that derive the head size from hidden_dim, a functional model of keras-prune blocks."""
 
 import keras
 import numpy as np
@@ -40,11 +41,9 @@ DECODERS = {
     "gemma3": (26816, 18624, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
     "mistral": (34976, 26784, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
     "qwen3": (26816, 18624, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
-    # These derive head_dim from hidden_dim // heads: heads stay, FFN units go.
-    "gpt2": (26368, 22208, {"num_heads": 4}, 32),
+    # These derive head_dim from hidden_dim // heads (and have no keras-prune block): heads stay.
     "llama": (34976, 28832, {"num_query_heads": 4, "num_key_value_heads": 2}, 32),
     "qwen": (26912, 20768, {"num_query_heads": 4, "num_key_value_heads": 2}, 32),
-    "opt": (26368, 22208, {"num_heads": 4}, 32),
 }
 
 
@@ -102,9 +101,9 @@ def test_bad_head_ratios_and_impossible_requests_raise_before_anything_changes()
     weights = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
     with pytest.raises(ValueError, match=r"key/value group of 'transformer_layer_0/self_attention'.*below 0\.75"):
         prune_channels(model, 0.8)
-    gpt2 = BACKBONES["gpt2"]()
-    with pytest.raises(ValueError, match=r"heads from 'GPT2Backbone'.*no head_dim argument.*Pass heads=0"):
-        prune_channels(gpt2, 0.5, heads=0.5)
+    llama = BACKBONES["llama"]()
+    with pytest.raises(ValueError, match=r"heads from 'LlamaBackbone'.*no head_dim argument.*Pass heads=0"):
+        prune_channels(llama, 0.5, heads=0.5)
     with pytest.raises(ValueError, match="scope='layer'"):
         prune_channels(model, 0.5, scope="global")
     with pytest.raises(ValueError, match="nothing it can remove.*mixture|nothing it can remove"):
@@ -115,14 +114,168 @@ def test_bad_head_ratios_and_impossible_requests_raise_before_anything_changes()
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), before)
 
 
-def test_bert_encoder_loses_ffn_units_and_says_why_heads_stay():
+def test_bert_encoder_without_head_removal_stays_its_own_class():
     model = BACKBONES["bert"]()
     x = sample_inputs(model)
-    plan = plan_channels(model, 0.25)
+    plan = plan_channels(model, 0.25, heads=0.0)
     assert "transformer_layer_0: heads 4 -> 4, ffn 64 -> 48" in plan.summary()
+    assert "functional" not in plan.summary()
     small = _check_zero_units_keep_outputs(model, x, plan)
     assert isinstance(small, keras_hub.models.BertBackbone)
     assert small.count_params() == model.count_params() - 2 * (32 * 16 + 16 + 16 * 32)
+
+
+# Backbones of keras_hub.layers.TransformerEncoder/TransformerDecoder blocks that derive the
+# head size from hidden_dim: name -> (params before, params after prune 0.5, block class).
+FUNCTIONAL = {
+    "gpt2": (26368, 18016, "PrunedTransformerDecoder"),
+    "opt": (26368, 18016, "PrunedTransformerDecoder"),
+    "bert": (27488, 19136, "PrunedTransformerEncoder"),
+    "roberta": (26368, 18016, "PrunedTransformerEncoder"),
+    "distil_bert": (26368, 18016, "PrunedTransformerEncoder"),
+    "xlm_roberta": (26368, 18016, "PrunedTransformerEncoder"),
+    "electra": (23360, 15008, "PrunedTransformerEncoder"),
+    "bart": (53120, 32224, "PrunedTransformerEncoder"),  # then PrunedTransformerDecoder blocks
+}
+
+
+def _blocks(model):
+    return [layer for layer in model.layers if "transformer" in layer.name and "layer_" in layer.name]
+
+
+@pytest.mark.parametrize("name", list(FUNCTIONAL))
+def test_backbones_deriving_head_size_lose_heads_as_a_functional_model(name):
+    before, after, block_class = FUNCTIONAL[name]
+    model = BACKBONES[name]()
+    x = sample_inputs(model)
+    assert model.count_params() == before
+    plan = plan_channels(model, 0.5)
+    lines = plan.summary().splitlines()
+    assert lines[0] in ("transformer_layer_0: heads 4 -> 2, ffn 64 -> 32",
+                        "transformer_encoder_layer_0: heads 4 -> 2, ffn 64 -> 32")
+    cls = type(model).__name__
+    assert lines[len(plan.hub[0].site.blocks)] == (
+        f"{cls}: becomes a functional keras.Model with the same inputs, outputs and layer names, not a {cls} "
+        f"({cls} derives the head size from hidden_dim // num_heads, so it cannot hold fewer heads of the same "
+        f"size; its blocks become keras-prune's {'PrunedTransformerDecoder, ' if name == 'bart' else ''}{block_class})"
+    )
+    small = _check_zero_units_keep_outputs(model, x, plan)
+    assert type(small) is keras.Model or type(small).__name__ == "Functional"
+    assert not isinstance(small, keras_hub.models.Backbone)
+    assert small.name == model.name
+    assert [layer.name for layer in small.layers] == [layer.name for layer in model.layers]
+    assert keras.tree.map_structure(lambda t: t.name, small.input) == keras.tree.map_structure(
+        lambda t: t.name, model.input)
+    assert small.count_params() == after
+    blocks = _blocks(small)
+    assert len(blocks) == len(plan.hub[0].site.blocks) and type(blocks[0]).__name__ == block_class
+    for block in blocks:
+        assert (block.num_heads, block.head_dim, block.intermediate_dim) == (2, 8, 32)
+        for attention in (block._self_attention_layer, getattr(block, "_cross_attention_layer", None)):
+            if attention is not None:
+                assert attention.query_dense.kernel.shape == (32, 2, 8)
+                assert attention.output_dense.kernel.shape == (2, 8, 32)
+
+
+def _fixed_lm(backbone, seq, head):
+    """A functional LM around ``backbone`` with fixed-length inputs."""
+    inputs = _token_inputs(backbone, seq)
+    hidden = backbone(inputs)
+    if head == "tied":
+        logits = backbone.token_embedding(hidden, reverse=True)
+    else:
+        logits = L.Dense(backbone.vocabulary_size, name="logits")(hidden)
+    return keras.Model(inputs, logits)
+
+
+def _char_gpt2():
+    return keras_hub.models.GPT2Backbone(
+        vocabulary_size=65, num_layers=4, num_heads=4, hidden_dim=192, intermediate_dim=768,
+        max_sequence_length=128,
+    )
+
+
+def test_gpt2_language_model_at_benchmark_size_shrinks_saves_and_exports(tmp_path):
+    lm = _fixed_lm(_char_gpt2(), 32, "dense")
+    rng = np.random.default_rng(0)
+    x = {"token_ids": rng.integers(0, 65, (2, 32)).astype("int32"), "padding_mask": np.ones((2, 32), "int32")}
+    plan = plan_channels(lm, 0.5)
+    assert plan.summary().splitlines()[0] == "gpt2_backbone/transformer_layer_0: heads 4 -> 2, ffn 768 -> 384"
+    assert "gpt2_backbone: becomes a functional keras.Model" in plan.summary()
+    small = _check_zero_units_keep_outputs(lm, x, plan)
+    backbone = small.get_layer("gpt2_backbone")
+    for block in _blocks(backbone):
+        attention = block._self_attention_layer
+        assert (attention.num_heads, attention.key_dim, block.intermediate_dim) == (2, 48, 384)
+    assert (lm.count_params(), small.count_params()) == (1829441, 942017)
+
+    arrays = [x[name] for name in small.input]
+    list_model = keras.Model(list(small.input.values()), small.output)  # LiteRT wants a list of inputs
+    expected = keras.ops.convert_to_numpy(small(x))
+    path = tmp_path / "small.keras"
+    small.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects: keras_prune registers its blocks
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), expected)
+    assert loaded.count_params() == small.count_params()
+    assert type(_blocks(loaded.get_layer("gpt2_backbone"))[0]).__name__ == "PrunedTransformerDecoder"
+    if keras.backend.backend() == "tensorflow":
+        from keras_prune.export.litert import convert_litert, litert_max_abs_diff
+
+        content = convert_litert(list_model, sparse=False)
+        assert litert_max_abs_diff(list_model, content, arrays) < 1e-4
+
+
+@pytest.mark.core
+def test_tied_gpt2_lm_keeps_its_tied_embedding_and_loads_back(tmp_path):
+    backbone = BACKBONES["gpt2"]()
+    lm = _fixed_lm(backbone, None, "tied")
+    x = sample_inputs(backbone)
+    plan = plan_channels(lm, 0.5)
+    small = _check_zero_units_keep_outputs(lm, x, plan)
+    new_backbone = small.get_layer("gpt2_backbone")
+    assert small.layers[-1] is new_backbone.get_layer("token_embedding")  # still tied
+    assert small.count_params() == 18016
+    assert _blocks(new_backbone)[0]._self_attention_layer.query_dense.kernel.shape == (32, 2, 8)
+    only = prune_channels(lm, 0.0, heads=0.5)  # heads only, asked explicitly
+    assert only.get_layer("gpt2_backbone").get_layer("transformer_layer_1").intermediate_dim == 64
+    backbone_only = prune_channels(backbone, 0.5)
+    expected = keras.ops.convert_to_numpy(backbone_only(x))
+    backbone_only.save(tmp_path / "backbone.keras")
+    loaded = keras.saving.load_model(tmp_path / "backbone.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(x)), expected)
+
+
+def test_tasks_keep_heads_of_classes_deriving_head_size_and_say_why():
+    backbone = BACKBONES["gpt2"]()
+    task = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    weights = [keras.ops.convert_to_numpy(w).copy() for w in task.weights]
+    summary = plan_channels(task, 0.5).summary()
+    assert "gpt2_backbone: heads kept (GPT2Backbone derives the head size" in summary
+    assert "the task GPT2CausalLM cannot hold" in summary
+    small = prune_channels(task, 0.5)
+    assert type(small) is keras_hub.models.GPT2CausalLM
+    assert small.backbone.get_config()["num_heads"] == 4
+    assert small.backbone.get_config()["intermediate_dim"] == 32
+    with pytest.raises(ValueError, match=r"heads from 'gpt2_backbone'.*task GPT2CausalLM.*Pass heads=0"):
+        prune_channels(task, 0.5, heads=0.5)
+    with pytest.raises(ValueError, match=r"all 4 heads of 'transformer_layer_0/self_attention'.*below 0\.875"):
+        prune_channels(backbone, 0.5, heads=0.9)
+    for w, before in zip(task.weights, weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), before)
+
+
+@pytest.mark.core
+def test_pruned_blocks_check_their_head_dim():
+    from keras_prune.structured.hub_layers import PrunedTransformerEncoder
+
+    with pytest.raises(ValueError, match="head_dim.*positive int"):
+        PrunedTransformerEncoder(intermediate_dim=8, num_heads=2, head_dim=0)
+    block = PrunedTransformerEncoder(intermediate_dim=8, num_heads=3, head_dim=4)
+    out = block(np.zeros((1, 5, 16), "float32"))
+    assert out.shape == (1, 5, 16)
+    assert block._self_attention_layer.query_dense.kernel.shape == (16, 3, 4)
+    assert [layer.name for layer in block._layers][0] == "self_attention_layer"
+    assert block.count_params() == 3 * (16 * 12 + 12) + 12 * 16 + 16 + 4 * 16 + (16 * 8 + 8 + 8 * 16 + 16)
 
 
 def _mha_model():

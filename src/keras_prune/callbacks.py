@@ -167,8 +167,8 @@ def _updates_in_step(model) -> bool:
 def weight_sparsities(state: PruningState) -> list[tuple[str, float, float]]:
     """``(weight path, sparsity, threshold)`` for each prunable weight of ``state``."""
     rows = []
-    for weight, keep, threshold in zip(state.prunable_weights(), state.masks(), state.thresholds()):
-        rows.append((weight.path, 1.0 - float(np.mean(keep)), threshold))
+    for name, keep, threshold in zip(state.weight_names(), state.masks(), state.thresholds()):
+        rows.append((name, 1.0 - float(np.mean(keep)), threshold))
     return rows
 
 

@@ -180,6 +180,10 @@ class PruningState:
         """The pruned variables, in the order of :meth:`masks`."""
         return list(self._pruned)
 
+    def weight_names(self) -> list[str]:
+        """A name per pruned weight, in the order of :meth:`masks` (for logs and summaries)."""
+        return [w.path for w in self._pruned]
+
     @property
     def mask_variables(self) -> list:
         """The mask variables, one per pruned weight (1.0 keeps a weight)."""

@@ -19,6 +19,7 @@ from keras_prune.callbacks import UpdatePruningStep
 from keras_prune.oneshot import (
     LayerFilter,
     _check_arguments,
+    _matches,
     copy_model,
     magnitude_prune,
     pattern_warnings,
@@ -27,6 +28,7 @@ from keras_prune.oneshot import (
 from keras_prune.prune import strip_pruning
 from keras_prune.pruned_model import PrunedModel
 from keras_prune.schedules import ConstantSparsity
+from keras_prune.traversal import weight_sites
 
 # The pruned model only holds the masks this module assigns; its own schedule never fires.
 _NEVER = 2**62
@@ -126,7 +128,7 @@ def iterative_prune(
     current, best, history, stopped = model, model, [], False
     for k, sparsity in enumerate(round_sparsities(target_sparsity, steps), start=1):
         pruned = magnitude_prune(current, inplace=False, **_prune_args(settings, sparsity))  # keep `best`
-        selected = _selected_paths(pruned.model, layers)
+        selected = _selected_layers(pruned.model, layers)
         current = _fine_tune(
             pruned.model, selected, compile_config, train_data, epochs_per_step, batch_size, callbacks, verbose
         )
@@ -195,13 +197,15 @@ def _evaluate(model: keras.Model, data, batch_size, verbose) -> dict:
     return {name: float(value) for name, value in scores.items()}
 
 
-def _selected_paths(model: keras.Model, layer_filter: LayerFilter) -> list[str]:
-    return list(dict.fromkeys(path for path, _ in select_weights(model, layer_filter)))
+def _selected_layers(model: keras.Model, layer_filter: LayerFilter):
+    """A ``layer -> bool`` filter picking exactly the layers ``layer_filter`` picks in ``model``."""
+    chosen = {id(site.layer) for site in weight_sites(model) if site.prunable and _matches(layer_filter, site)}
+    return lambda layer: id(layer) in chosen
 
 
-def _fine_tune(model, paths, compile_config, data, epochs, batch_size, callbacks, verbose) -> keras.Model:
-    """Fine-tunes ``model`` with the zeros of the layers at ``paths`` held; returns it compiled."""
-    wrapped = PrunedModel(model, ConstantSparsity(0.0, begin_step=_NEVER), pruned_layers=paths)
+def _fine_tune(model, layers, compile_config, data, epochs, batch_size, callbacks, verbose) -> keras.Model:
+    """Fine-tunes ``model`` with the zeros of the ``layers`` it picks held; returns it compiled."""
+    wrapped = PrunedModel(model, ConstantSparsity(0.0, begin_step=_NEVER), layers=layers)
     wrapped.assign_masks([keras.ops.convert_to_numpy(w) != 0 for w in wrapped.prunable_weights()])
     wrapped.compile_from_config(compile_config)
     if epochs:

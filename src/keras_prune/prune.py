@@ -90,10 +90,8 @@ def prune_low_magnitude(
         _check_unpruned(to_prune)
         if not to_prune.built:  # layers are chosen when it is built
             return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
-        selected = select_weights(to_prune, layers)
-        _check_pattern_fit(selected, block, m_by_n, built_all=True)
-        paths = list(dict.fromkeys(path for path, _ in selected))
-        return PrunedModel(to_prune, schedule, pruned_layers=paths, **pattern, **kwargs)
+        _check_pattern_fit(select_weights(to_prune, layers), block, m_by_n, built_all=True)
+        return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
     if layers is not None:
         raise ValueError(
             "Argument `layers` chooses layers of a model; pass the model, or the layers to prune "

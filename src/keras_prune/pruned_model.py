@@ -8,6 +8,10 @@ path in the model, which is saved with the pruned model, so a ``.keras`` file sa
 mid-pruning loads back (no ``custom_objects`` needed) with the same masks on the same
 weights. :func:`keras_prune.strip_pruning` hands the model back, its class and config as
 they were.
+
+A saved pruned model records which weights it prunes by their place in that traversal, not
+by name: KerasHub blocks name some sub-layers from global counters, so names can differ when
+a model is loaded again, while the order of its layers and weights does not.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from keras_prune._keras_compat import untracked
 from keras_prune.core import PACKAGE, PruningState
 from keras_prune.oneshot import LayerFilter, select_weights
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
-from keras_prune.traversal import weight_sites
+from keras_prune.traversal import unique_path, weight_sites
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -39,7 +43,8 @@ class PrunedModel(PruningState, keras.Model):
         layers: which layers to prune, at any depth: a regular expression searched in each
             layer's path, a list of paths or names, a callable ``layer -> bool``, or ``None``
             for every layer with prunable weights.
-        pruned_layers: the exact paths of the layers to prune (what a saved model records).
+        pruned_weights: which weights to prune, as positions in the list of all the model's
+            prunable weights in traversal order (what a saved pruned model records).
         **kwargs: passed to ``keras.Model`` (``name``).
 
     Example:
@@ -58,7 +63,7 @@ class PrunedModel(PruningState, keras.Model):
         sparsity_m_by_n: tuple[int, int] | None = None,
         scope: str = "layer",
         layers: LayerFilter = None,
-        pruned_layers: list[str] | None = None,
+        pruned_weights: list[int] | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", model.name)
@@ -67,8 +72,9 @@ class PrunedModel(PruningState, keras.Model):
         self.init_pruning(pruning_schedule or ConstantSparsity(0.5, 0), block_size, block_pooling_type,
                           sparsity_m_by_n, scope)
         self._layer_filter = layers
+        self._indices = list(pruned_weights) if pruned_weights is not None else None
         self._weight_paths: list[str] = []
-        self.pruned_layers = list(pruned_layers) if pruned_layers is not None else None
+        self.pruned_layers: list[str] = []
         if model.built:
             self._create_state()
 
@@ -80,11 +86,18 @@ class PrunedModel(PruningState, keras.Model):
     def _create_state(self) -> None:
         if self._masks:
             return
-        if self.pruned_layers is not None:
-            wanted = set(self.pruned_layers)
-            selected = [(path, weight) for path, weight in select_weights(self.layer) if path in wanted]
-        else:
+        everything = select_weights(self.layer)
+        if self._indices is None:
             selected = select_weights(self.layer, self._layer_filter)
+            position = {id(weight): i for i, (_, weight) in enumerate(everything)}
+            self._indices = [position[id(weight)] for _, weight in selected]
+        elif max(self._indices, default=-1) >= len(everything):
+            raise ValueError(
+                f"Model '{self.layer.name}' has {len(everything)} prunable weights, but the pruned "
+                f"model was saved pruning weight #{max(self._indices)}: the model's architecture changed."
+            )
+        else:
+            selected = [everything[i] for i in self._indices]
         with untracked():
             self._weight_paths = [path for path, _ in selected]
         self.pruned_layers = list(dict.fromkeys(self._weight_paths))
@@ -93,6 +106,15 @@ class PrunedModel(PruningState, keras.Model):
     def pruned_weights(self) -> list[tuple[str, keras.Variable]]:
         """``(layer path, variable)`` for each pruned weight, in the order of :meth:`masks`."""
         return list(zip(self._weight_paths, self._pruned))
+
+    def weight_names(self) -> list[str]:
+        """``<layer path>/<weight>`` per pruned weight, unique in the model (``weight.path`` is not)."""
+        names, used = [], set()
+        for path, weight in self.pruned_weights():
+            layer_name = path.rsplit("/", 1)[-1].split("#")[0]
+            inner = weight.path.split(f"{layer_name}/", 1)[1] if f"{layer_name}/" in weight.path else weight.name
+            names.append(unique_path(f"{path}/{inner}", used))
+        return names
 
     @property
     def left_dense(self) -> list[tuple[str, str]]:
@@ -105,9 +127,8 @@ class PrunedModel(PruningState, keras.Model):
         return self.pruned_call(inputs, training=training)
 
     def get_config(self) -> dict:
-        if self.pruned_layers is None and self._layer_filter is not None and not isinstance(
-            self._layer_filter, (str, list, tuple)
-        ):
+        unbuilt = self._indices is None
+        if unbuilt and self._layer_filter is not None and not isinstance(self._layer_filter, (str, list, tuple)):
             raise ValueError(
                 f"Model '{self.name}' must be built before it is saved: its layers were chosen by "
                 "a callable, which cannot be saved. Call it on a batch of data first."
@@ -117,8 +138,8 @@ class PrunedModel(PruningState, keras.Model):
             "trainable": self.trainable,
             "model": keras.saving.serialize_keras_object(self.layer),
             **self.pruning_config(),
-            "layers": self._layer_filter if self.pruned_layers is None else None,
-            "pruned_layers": self.pruned_layers,
+            "layers": self._layer_filter if unbuilt else None,
+            "pruned_weights": self._indices,
         }
 
     @classmethod

@@ -104,14 +104,14 @@ def walk(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
             if id(layer) in seen or isinstance(layer, keras.layers.InputLayer):
                 continue
             seen.add(id(layer))
-            path = _unique(f"{prefix}{layer.name}", used)
+            path = unique_path(f"{prefix}{layer.name}", used)
             yield path, layer
             yield from visit(layer, f"{path}/")
 
     yield from visit(model, "")
 
 
-def _unique(path: str, used: set[str]) -> str:
+def unique_path(path: str, used: set[str]) -> str:
     """``path``, or ``path#2``, ``path#3``... if an earlier layer has it already."""
     candidate, n = path, 1
     while candidate in used:
@@ -137,7 +137,7 @@ def weight_sites(model: keras.layers.Layer) -> list[Site]:
     """
     model = unwrap(model)
     nodes = list(walk(model))
-    root = _unique(model.name, {path for path, _ in nodes})
+    root = unique_path(model.name, {path for path, _ in nodes})
     claimed: set[int] = set()
     sites = []
     for path, layer in [(root, model), *nodes]:

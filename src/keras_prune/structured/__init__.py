@@ -1,7 +1,8 @@
 """Structured pruning: remove whole channels, filters and heads to get a smaller dense model.
 
 ``prune_channels`` = trace the channel graph, score the units, plan the removal, rebuild.
-KerasHub backbones lose attention heads and FFN units and are rebuilt from their config
+KerasHub backbones lose attention heads and FFN units and are rebuilt from their config, or as
+a functional model when their class cannot hold fewer heads of the same size
 (:mod:`keras_prune.structured.transformer`).
 """
 
@@ -146,9 +147,12 @@ def prune_channels(
     intermediate units, the same number in every block, and are rebuilt as the same class
     from their config (``num_heads``/``num_query_heads``/``num_key_value_heads``,
     ``head_dim``, ``intermediate_dim``); their hidden width stays. With grouped-query
-    attention, query heads go evenly from every key/value group. A backbone that cannot keep
-    its head size with fewer heads (it derives ``head_dim`` from ``hidden_dim``) keeps its
-    heads and says so in the plan's summary.
+    attention, query heads go evenly from every key/value group. GPT-2, OPT, BART and the
+    BERT family derive ``head_dim`` from ``hidden_dim``: when they lose heads they become a
+    functional ``keras.Model`` (same inputs, outputs and layer names) of keras-prune
+    subclasses of their KerasHub blocks (:mod:`keras_prune.structured.hub_layers`), as the
+    plan's summary says; inside a KerasHub task they keep their heads. Other backbones that
+    cannot keep their head size with fewer heads keep their heads and say so in the summary.
 
     Args:
         model: a built Sequential or functional model (channels_last), a KerasHub backbone,

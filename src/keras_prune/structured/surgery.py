@@ -17,7 +17,8 @@ def apply_plan(plan: ChannelPlan) -> keras.Model:
     Layers keep their names. Configs shrink (``units``, ``filters``, ``output_dim``,
     ``num_heads``, a Reshape's ``target_shape``); every weight is sliced along the axes
     whose channels were removed. A KerasHub backbone is rebuilt as the same class from its
-    config with fewer heads and FFN units; a model around it (a task such as
+    config with fewer heads and FFN units (or as a functional model of keras-prune blocks when
+    its class cannot hold fewer heads of the same size); a model around it (a task such as
     ``GPT2CausalLM``, or a functional model calling the backbone and its layers) is rebuilt
     around the new backbone. The new model is not compiled.
     """

@@ -7,6 +7,13 @@ class from its config with the smaller counts, and copy in the kept slice of eve
 The hidden (residual-stream) width never changes, so embeddings, norms and task heads keep
 their shapes.
 
+Backbones whose class derives the head size from ``hidden_dim // num_heads`` (GPT-2, OPT, BART
+and the BERT family, built from ``keras_hub.layers.TransformerEncoder``/``TransformerDecoder``)
+cannot be the same class with fewer heads of the same size. When they lose heads they are
+rebuilt as a functional ``keras.Model`` with the same inputs, outputs and layer names, whose
+blocks are keras-prune subclasses of the KerasHub blocks that take the head size as an
+argument (:mod:`keras_prune.structured.hub_layers`).
+
 Heads are found in the attention layers of each block from their ``EinsumDense``
 projections: the head axis of the query/key/value kernels is the second-to-last output axis
 of their equation, and of the output kernel the second-to-last input axis. This covers the
@@ -45,6 +52,12 @@ _FFN_OUT = ("feedforward_output_dense", "ffw_linear", "dense_4h_to_h", "mlp_outp
 # with the removed units zeroed (tests/test_structured_transformers.py). Others are refused.
 VERIFIED_HEADS = (
     "GemmaBackbone", "Gemma3Backbone", "MistralBackbone", "Qwen3Backbone",
+)
+# Backbones that derive head_dim from hidden_dim and lose heads by becoming a functional model
+# of keras-prune blocks (checked the same way).
+VERIFIED_FUNCTIONAL_HEADS = (
+    "GPT2Backbone", "OPTBackbone", "BertBackbone", "RobertaBackbone", "DistilBertBackbone",
+    "XLMRobertaBackbone", "ElectraBackbone", "BartBackbone",
 )
 VERIFIED_FFN = (
     "GPT2Backbone", "OPTBackbone", "BertBackbone", "RobertaBackbone", "DistilBertBackbone",
@@ -98,6 +111,7 @@ class Block:
     path: str
     attentions: tuple[Attention, ...]
     ffn: FeedForward | None
+    layer: object = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +125,9 @@ class HubBackbone:
         heads_reason: why its heads must stay, or ``None``.
         ffn_reason: why its FFN units must stay, or ``None``.
         ffn_factor: ``config["intermediate_dim"]`` over the FFN width (Gemma: 2).
+        functional: when set, the backbone's class cannot hold fewer heads of the same size,
+            so losing heads turns it into a functional model of keras-prune blocks; this says
+            why (``None``: it is rebuilt as its own class).
     """
 
     path: str
@@ -119,6 +136,7 @@ class HubBackbone:
     heads_reason: str | None
     ffn_reason: str | None
     ffn_factor: int = 1
+    functional: str | None = None
 
     @property
     def class_name(self) -> str:
@@ -137,7 +155,10 @@ def hub_backbones(model: keras.Model) -> list[HubBackbone]:
     backbone_class = hub.models.Backbone
     if isinstance(model, backbone_class):
         return [describe(model, "")]
-    return [describe(layer, layer.name) for layer in model.layers if isinstance(layer, backbone_class)]
+    task = type(model).__name__ if is_task(model) else None
+    return [
+        describe(layer, layer.name, task=task) for layer in model.layers if isinstance(layer, backbone_class)
+    ]
 
 
 def is_task(model) -> bool:
@@ -146,8 +167,9 @@ def is_task(model) -> bool:
     return hub is not None and isinstance(model, hub.models.Task)
 
 
-def describe(backbone, path: str) -> HubBackbone:
-    """Finds the blocks, heads and FFN units of one KerasHub backbone."""
+def describe(backbone, path: str, task: str | None = None) -> HubBackbone:
+    """Finds the blocks, heads and FFN units of one KerasHub backbone (the backbone of the
+    KerasHub task class ``task``, if given)."""
     prefix = f"{path}/" if path else ""
     blocks, heads_why, ffn_why = [], [], []
     for child in child_layers(backbone):
@@ -165,12 +187,15 @@ def describe(backbone, path: str) -> HubBackbone:
         except _Refused as why:
             ffn_why.append(str(why))
         if attentions or ffn is not None:
-            blocks.append(Block(f"{prefix}{child.name}", tuple(attentions), ffn))
+            blocks.append(Block(f"{prefix}{child.name}", tuple(attentions), ffn, child))
     name = type(backbone).__name__
     config = backbone.get_config()
     heads_reason = _heads_reason(name, config, blocks, heads_why)
+    functional = None
+    if heads_reason is not None and heads_reason.endswith(_NO_HEAD_DIM):
+        heads_reason, functional = _functional_route(name, blocks, heads_reason, task)
     ffn_reason, factor = _ffn_reason(name, config, blocks, ffn_why)
-    return HubBackbone(path, backbone, tuple(blocks), heads_reason, ffn_reason, factor)
+    return HubBackbone(path, backbone, tuple(blocks), heads_reason, ffn_reason, factor, functional)
 
 
 def _heads_reason(name: str, config: dict, blocks: list[Block], refused: list[str]) -> str | None:
@@ -191,10 +216,7 @@ def _heads_reason(name: str, config: dict, blocks: list[Block], refused: list[st
     if first.num_kv_heads != first.num_heads and config.get(KV_KEY) != first.num_kv_heads:
         return f"{name} has grouped-query attention but no {KV_KEY} argument matching it"
     if "head_dim" not in config:
-        return (
-            f"{name} derives the head size from hidden_dim // {key} and has no head_dim argument, "
-            "so it cannot keep its head size with fewer heads"
-        )
+        return f"{name} derives the head size from hidden_dim // {key} and has no head_dim argument, {_NO_HEAD_DIM}"
     if config["head_dim"] not in (None, first.head_dim):
         return f"{name}'s head_dim={config['head_dim']} differs from its layers' head size {first.head_dim}"
     if config.get("query_head_dim_normalize") is False:
@@ -202,6 +224,32 @@ def _heads_reason(name: str, config: dict, blocks: list[Block], refused: list[st
     if name not in VERIFIED_HEADS:
         return f"head removal is not verified for {name} (verified: {', '.join(VERIFIED_HEADS)})"
     return None
+
+
+_NO_HEAD_DIM = "so it cannot keep its head size with fewer heads"
+
+
+def _functional_route(name: str, blocks: list[Block], reason: str, task: str | None) -> tuple[str | None, str | None]:
+    """``(heads_reason, functional)`` for a backbone without a head_dim argument: heads go by
+    turning it into a functional model of keras-prune blocks, where that is verified."""
+    from keras_prune.structured.hub_layers import PRUNED_BLOCKS
+
+    if name not in VERIFIED_FUNCTIONAL_HEADS:
+        return reason, None
+    kinds = {type(b.layer) for b in blocks}
+    if not kinds <= set(PRUNED_BLOCKS):
+        return reason, None
+    if task is not None:
+        return (
+            f"{name} derives the head size from hidden_dim // num_heads, so with fewer heads it can "
+            f"only become a functional keras.Model, which the task {task} cannot hold (prune the "
+            "backbone on its own or inside your own functional model to remove heads)"
+        ), None
+    used = ", ".join(sorted(PRUNED_BLOCKS[k].__name__ for k in kinds))
+    return None, (
+        f"{name} derives the head size from hidden_dim // num_heads, so it cannot hold fewer heads "
+        f"of the same size; its blocks become keras-prune's {used}"
+    )
 
 
 def _ffn_reason(name: str, config: dict, blocks: list[Block], refused: list[str]) -> tuple[str | None, int]:
@@ -366,6 +414,14 @@ class HubPlan:
         """Whether any head or FFN unit goes."""
         return bool(self.masks())
 
+    def removes_heads(self) -> bool:
+        """Whether any attention head goes."""
+        return not all(keep.all() for keep in self.query_keep.values())
+
+    def becomes_functional(self) -> bool:
+        """Whether the rebuilt backbone is a functional ``keras.Model`` instead of its class."""
+        return self.site.functional is not None and self.removes_heads()
+
     def config(self) -> dict:
         """The backbone's config with the smaller head counts and FFN width."""
         config = self.site.layer.get_config()
@@ -399,6 +455,9 @@ class HubPlan:
                 parts.append(f"ffn {keep.size} -> {int(keep.sum())}")
             lines.append(f"{block.path}: {', '.join(parts)}")
         name = self.site.path or self.site.class_name
+        if self.becomes_functional():
+            lines.append(f"{name}: becomes a functional keras.Model with the same inputs, outputs and "
+                         f"layer names, not a {self.site.class_name} ({self.site.functional})")
         if self.site.heads_reason:
             lines.append(f"{name}: heads kept ({self.site.heads_reason})")
         if self.site.ffn_reason:
@@ -490,11 +549,53 @@ def _choose_heads(a: Attention, scores, ratio: float) -> tuple[np.ndarray, np.nd
 
 
 def rebuild(plan: HubPlan):
-    """The same KerasHub class built from the smaller config, with the kept weights copied in."""
+    """The same KerasHub class built from the smaller config, with the kept weights copied in;
+    or, for a class that cannot hold fewer heads of the same size, a functional model."""
+    if plan.becomes_functional():
+        return _rebuild_functional(plan)
     old = plan.site.layer
     new = type(old).from_config(plan.config())
     copy_weights(old, new, plan.masks())
     return new
+
+
+def _rebuild_functional(plan: HubPlan) -> keras.Model:
+    """The backbone's graph as a functional ``keras.Model`` (same inputs, outputs and layer
+    names) whose blocks are keras-prune blocks with fewer heads of the same size and fewer FFN
+    units; every other layer is rebuilt from its config. The kept weights are copied in."""
+    from keras_prune.structured.hub_layers import PRUNED_BLOCKS
+
+    old = plan.site.layer
+    blocks = {id(b.layer): b for b in plan.site.blocks}
+    pairs = []
+
+    def clone(operation):
+        if not isinstance(operation, keras.layers.Layer):
+            return operation  # a stateless operation (keras.ops on symbolic tensors)
+        config = operation.get_config()
+        block = blocks.get(id(operation))
+        if block is None:
+            new = type(operation).from_config(config)
+        else:
+            attention = block.attentions[0]
+            config.update(num_heads=int(plan.query_keep[attention.path].sum()), head_dim=attention.head_dim)
+            if block.ffn is not None:
+                config[FFN_KEY] = int(plan.ffn_keep[block.path].sum()) * plan.site.ffn_factor
+            new = PRUNED_BLOCKS[type(operation)].from_config(config)
+        pairs.append((operation, new))
+        return new
+
+    new_model = keras.models.clone_model(old, clone_function=clone)
+    masks = plan.masks()
+    for layer, new in pairs:
+        copy_weights(layer, new, masks)
+    copied = sum(len(layer.weights) for layer, _ in pairs)
+    if copied != len(old.weights) or len(new_model.weights) != copied:
+        raise RuntimeError(
+            f"Internal error rebuilding '{old.name}' as a functional model: {copied} weights copied "
+            f"of {len(old.weights)}."
+        )
+    return new_model
 
 
 def copy_weights(old, new, masks: list[tuple]) -> None:
@@ -520,7 +621,47 @@ def copy_weights(old, new, masks: list[tuple]) -> None:
 
 
 def matching_layers(old, new) -> dict[int, object]:
-    """``id(layer inside old)`` -> the layer at the same place inside ``new`` (same class)."""
-    olds = list(old._flatten_layers(include_self=False, recursive=True))
-    news = list(new._flatten_layers(include_self=False, recursive=True))
-    return {id(a): b for a, b in zip(olds, news) if type(a) is type(b)}
+    """``id(layer inside old)`` -> the layer of the same name inside ``new`` (its sub-layers:
+    the ones at the same place, of the same class)."""
+    news = {layer.name: layer for layer in new.layers}
+    found = {}
+    for layer in old.layers:
+        twin = news.get(layer.name)
+        if twin is None:
+            continue
+        found[id(layer)] = twin
+        inner = zip(layer._flatten_layers(include_self=False, recursive=True),
+                    twin._flatten_layers(include_self=False, recursive=True))
+        found.update({id(a): b for a, b in inner if type(a) is type(b)})
+    return found
+
+
+# -- loading without keras-hub imported -------------------------------------------------------
+
+_HUB_LAYERS = ("PrunedTransformerEncoder", "PrunedTransformerDecoder")
+
+
+class _Placeholder:
+    """Registered under the name of a keras-prune KerasHub block until the real class is:
+    deserializing one imports :mod:`keras_prune.structured.hub_layers` (and keras-hub), whose
+    classes then replace the placeholders."""
+
+    block = ""
+
+    @classmethod
+    def from_config(cls, config):
+        from keras_prune.structured import hub_layers
+
+        return getattr(hub_layers, cls.block).from_config(config)
+
+    def get_config(self):  # pragma: no cover - never instantiated
+        raise NotImplementedError
+
+
+def _register_placeholders() -> None:
+    registered = keras.saving.get_custom_objects()
+    for name in _HUB_LAYERS:
+        registered.setdefault(f"keras_prune>{name}", type(name, (_Placeholder,), {"block": name}))
+
+
+_register_placeholders()
