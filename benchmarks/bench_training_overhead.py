@@ -42,7 +42,7 @@ from pathlib import Path
 import keras
 
 import keras_prune
-from keras_prune import masks
+from keras_prune import criteria, masks
 from keras_prune.callbacks import collect_pruning
 from keras_prune.datasets import load_idx_dataset
 from keras_prune.demo import count_prunable, lenet_300_100
@@ -87,7 +87,7 @@ class EpochTimer(keras.callbacks.Callback):
 class TimedUpdatePruningStep(keras_prune.UpdatePruningStep):
     """Sums the time of its per-batch hooks (mask updates included: one step per batch here).
 
-    Kept across `fit` calls (the step carries over from the wrappers); `reset()` starts a new count.
+    Kept across `fit` calls (the step carries over in the pruned model); `reset()` starts a new count.
     """
 
     def __init__(self):
@@ -162,20 +162,20 @@ class Variant:
         }
 
 
-def mask_update_breakdown(wrappers, repeats: int = 5) -> dict:
-    """Milliseconds of one mask update of all wrappers, split into its three stages."""
+def mask_update_breakdown(states, repeats: int = 5) -> dict:
+    """Milliseconds of one mask update of every pruned weight, split into its three stages."""
     stages = {"read_weights_and_score": [], "compute_masks": [], "assign_masks_and_zero": []}
     sparsity = FINAL_SPARSITY / 2
     for _ in range(repeats):
         times = dict.fromkeys(stages, 0.0)
-        for wrapper in wrappers:
+        for state in states:
             start = time.perf_counter()
-            values = wrapper.weight_values()
-            scores = wrapper.scores(values)
+            values = state.weight_values()
+            scores = [criteria.magnitude(v) for v in values]
             scored = time.perf_counter()
             keep = [masks.pattern_mask(score, sparsity) for score in scores]
             computed = time.perf_counter()
-            wrapper.assign_masks(keep, values)
+            state.assign_masks(keep, values)
             assigned = time.perf_counter()
             times["read_weights_and_score"] += scored - start
             times["compute_masks"] += computed - scored

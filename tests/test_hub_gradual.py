@@ -49,7 +49,7 @@ def as_saved(config):
 
 
 def mark(name):
-    return name if name in CORE else pytest.param(name, marks=pytest.mark.tensorflow_only)
+    return pytest.param(name, marks=pytest.mark.core if name in CORE else pytest.mark.tensorflow_only)
 
 
 @pytest.mark.parametrize("name", [mark(name) for name in BACKBONES])

@@ -353,3 +353,19 @@ def test_training_without_the_callback_is_a_clear_error():
     x, y = dense_data()
     with pytest.raises(ValueError, match="UpdatePruningStep"):
         pruned.fit(x, y, epochs=1, verbose=0)
+
+
+def test_weights_changed_outside_training_are_refused_before_the_next_fit():
+    model = mlp()
+    pruned = compile_classifier(kp.prune_low_magnitude(model, kp.ConstantSparsity(0.5, 0)))
+    x, y = dense_data()
+    pruned.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    hidden = model.get_layer("hidden")
+    hidden.kernel.assign(np.ones(hidden.kernel.shape, "float32"))  # e.g. load_weights of a dense model
+    with pytest.raises(ValueError, match="hidden/kernel.*masks are out of date.*strip_pruning"):
+        pruned.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    assert np.all(keras.ops.convert_to_numpy(hidden.kernel) == 1)  # refused before any step
+    pruned.apply_masks()
+    pruned.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    kernel = keras.ops.convert_to_numpy(hidden.kernel)
+    assert np.mean(kernel == 0) == masks.prune_count(0.5, kernel.size) / kernel.size

@@ -67,6 +67,9 @@ class UpdatePruningStep(keras.callbacks.Callback):
             return
         self._in_step = _updates_in_step(self.model)
         steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._states]
+        for state, step in zip(self._states, steps):
+            if step > 0:  # masks assigned by an update: the weights must still agree with them
+                check_masks_current(state)
         self.step = self._start = max(0, max(steps))
         self._checked = False
         for group in mask_groups(self._states):
@@ -127,6 +130,23 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def _apply_masks(self):
         for state in self._states:
             state.apply_masks()
+
+
+def check_masks_current(state: PruningState) -> None:
+    """Raises if a weight is nonzero where its mask prunes it (changed outside pruned training).
+
+    Such a weight was set by something that does not know the masks (``set_weights``,
+    ``load_weights``, one-shot pruning of the model inside): training on would silently keep
+    masks that no longer describe the weights.
+    """
+    for name, weight, mask in zip(state.weight_names(), state.prunable_weights(), state.mask_variables):
+        if np.any(_host.read(weight)[_host.read(mask) < 0.5] != 0):
+            raise ValueError(
+                f"Weight '{name}' of '{state.name}' is nonzero where its mask prunes it: the weights "
+                "changed outside pruned training (set_weights, load_weights...), so its masks are out "
+                "of date. Call keras_prune.strip_pruning() on it and prune the result again, or "
+                "apply_masks() to zero those weights and keep the masks."
+            )
 
 
 def mask_groups(states: list[PruningState]) -> list[MaskGroup]:
