@@ -126,7 +126,7 @@ def main() -> None:
         if "iterative" in methods:
             start = time.perf_counter()
             report = kp.iterative_prune(
-                dense, (x_train, y_train), validation_data=(x_val, y_val), target_sparsity=target,
+                dense, (x_train, y_train), validation_data=(x_val, y_val), sparsity=target,
                 steps=args.finetune_epochs, epochs_per_step=1, batch_size=args.batch_size, scope=scope,
             )
             record("iterative", scope, target, report.model, time.perf_counter() - start)

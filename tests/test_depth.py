@@ -214,7 +214,7 @@ def test_iterative_pruning_holds_the_zeros_of_sublayers_while_fine_tuning():
     model.compile("sgd", "mse")
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(32, 3, 4)).astype("float32"), rng.normal(size=(32, 3, 2)).astype("float32")
-    report = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.75, steps=2, metric="loss")
+    report = iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.75, steps=2, metric="loss")
     _, attention, ffn = block_parts(report.model)
     for kernel in (attention, ffn, report.model.get_layer("head").kernel):
         assert zeros(kernel) == prune_count(0.75, numpy(kernel).size)

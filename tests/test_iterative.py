@@ -55,7 +55,7 @@ def test_final_sparsity_is_exact_after_fine_tuning_and_input_is_untouched():
     model = untrained()
     before = kernels(model)
     x, y = data()
-    report = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.75, steps=2,
+    report = iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.75, steps=2,
                              epochs_per_step=2, batch_size=64)
     hidden, logits = kernels(report.model)
     assert np.count_nonzero(hidden == 0) == prune_count(0.75, 128)
@@ -74,11 +74,11 @@ def test_final_sparsity_is_exact_after_fine_tuning_and_input_is_untouched():
 def test_zeros_of_earlier_rounds_stay_zero():
     model = untrained()
     x, y = data()
-    first = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.5, steps=1,
+    first = iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.5, steps=1,
                             epochs_per_step=1, batch_size=64, layers="hidden")
     zeros_before = kernels(first.model)[0] == 0
     compiled(first.model)
-    second = iterative_prune(first.model, (x, y), validation_data=(x, y), target_sparsity=0.75, steps=1,
+    second = iterative_prune(first.model, (x, y), validation_data=(x, y), sparsity=0.75, steps=1,
                              epochs_per_step=1, batch_size=64, layers="hidden")
     hidden, logits = kernels(second.model)
     assert (hidden[zeros_before] == 0).all() and np.count_nonzero(hidden == 0) == 96
@@ -88,7 +88,7 @@ def test_zeros_of_earlier_rounds_stay_zero():
 def test_budget_returns_the_last_model_within_budget():
     model = trained()
     x, y = data()
-    report = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.99, steps=4,
+    report = iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.99, steps=4,
                              epochs_per_step=0, max_drop=0.02, batch_size=64)
     dense = report.settings["dense_accuracy"]
     assert report.settings["stopped_by_budget"] is True
@@ -102,24 +102,30 @@ def test_bad_arguments():
     model = untrained()
     x, y = data()
     common = dict(validation_data=(x, y), steps=1)
-    with pytest.raises(ValueError, match="target_sparsity=1.5"):
-        iterative_prune(model, (x, y), target_sparsity=1.5, **common)
+    with pytest.raises(ValueError, match="sparsity=1.5"):
+        iterative_prune(model, (x, y), sparsity=1.5, **common)
     with pytest.raises(ValueError, match="steps"):
-        iterative_prune(model, (x, y), target_sparsity=0.5, validation_data=(x, y), steps=0)
+        iterative_prune(model, (x, y), sparsity=0.5, validation_data=(x, y), steps=0)
     with pytest.raises(ValueError, match="max_drop"):
-        iterative_prune(model, (x, y), target_sparsity=0.5, max_drop=-1, **common)
+        iterative_prune(model, (x, y), sparsity=0.5, max_drop=-1, **common)
     with pytest.raises(ValueError, match="metric"):
-        iterative_prune(model, (x, y), target_sparsity=0.5, metric="auc", **common)
+        iterative_prune(model, (x, y), sparsity=0.5, metric="auc", **common)
     uncompiled = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="must be compiled"):
-        iterative_prune(uncompiled, (x, y), target_sparsity=0.5, **common)
+        iterative_prune(uncompiled, (x, y), sparsity=0.5, **common)
+    with pytest.raises(TypeError, match="needs the final sparsity"):
+        iterative_prune(model, (x, y), **common)
+    with pytest.raises(TypeError, match="once, as `sparsity`"):
+        iterative_prune(model, (x, y), sparsity=0.5, target_sparsity=0.5, **common)
+    with pytest.raises(ValueError, match="sparsity=1.5"):  # the earlier name still works
+        iterative_prune(model, (x, y), target_sparsity=1.5, **common)
 
 
 def test_layers_inside_a_custom_layer_are_pruned_exactly_and_input_is_untouched():
     model = compiled(block_model(features=8, classes=2))
     before = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
     x, y = data()
-    report = iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.75, steps=2,
+    report = iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.75, steps=2,
                              epochs_per_step=1, batch_size=64, layers="block/")
     out = report.model
     assert type(out) is type(model) and out is not model

@@ -171,7 +171,7 @@ def test_nothing_prunable_is_a_clear_error_for_every_entry_point(build):
     x = np.zeros((4, *model.input_shape[1:]), "float32")
     y = model.predict(x, verbose=0)
     with pytest.raises(ValueError, match=expected):
-        kp.iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.5, steps=1, metric="loss")
+        kp.iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.5, steps=1, metric="loss")
 
 
 # -- patterns that do not fit ------------------------------------------------------------------
@@ -220,10 +220,10 @@ def test_iterative_refuses_a_block_that_fits_nothing_before_training():
     y = np.ones((4, 4), "float32")
     before = weights_of(model)
     with pytest.raises(ValueError, match="`block_size` fits none"):
-        kp.iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.5, steps=1,
+        kp.iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.5, steps=1,
                            metric="loss", block_size=(64, 64))
     assert_unchanged(model, before)
-    report = kp.iterative_prune(model, (x, y), validation_data=(x, y), target_sparsity=0.5, steps=1,
+    report = kp.iterative_prune(model, (x, y), validation_data=(x, y), sparsity=0.5, steps=1,
                                 epochs_per_step=0, metric="loss", block_size=(16, 1))
     assert [w.layer for w in report.warnings] == ["hidden"]
 

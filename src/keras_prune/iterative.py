@@ -49,7 +49,7 @@ def iterative_prune(
     train_data,
     *,
     validation_data,
-    target_sparsity: float,
+    sparsity: float | None = None,
     steps: int,
     epochs_per_step: int = 1,
     scope: str = "layer",
@@ -60,10 +60,11 @@ def iterative_prune(
     batch_size: int | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    target_sparsity: float | None = None,
 ) -> PruningReport:
-    """Prunes ``model`` to ``target_sparsity`` in ``steps`` rounds of prune + fine-tune.
+    """Prunes ``model`` to ``sparsity`` in ``steps`` rounds of prune + fine-tune.
 
-    Round ``k`` prunes to ``1 - (1 - target_sparsity) ** (k / steps)``, so every round
+    Round ``k`` prunes to ``1 - (1 - sparsity) ** (k / steps)``, so every round
     removes the same fraction of the weights that survived the last one, then fine-tunes for
     ``epochs_per_step`` epochs with the pruned weights held at exactly 0.
 
@@ -72,7 +73,8 @@ def iterative_prune(
             not modified.
         train_data: ``(x, y)`` arrays or a dataset ``fit`` accepts.
         validation_data: ``(x, y)`` arrays or a dataset, evaluated after every round.
-        target_sparsity: the final sparsity, in [0, 1).
+        sparsity: the final sparsity, in [0, 1) (the name it has in :func:`magnitude_prune`
+            and the CLI; ``target_sparsity`` is accepted too, as earlier versions named it).
         steps: number of prune + fine-tune rounds (>= 1).
         epochs_per_step: fine-tuning epochs per round (>= 0).
         scope: ``"layer"`` or ``"global"`` ranking, as in :func:`magnitude_prune`.
@@ -108,11 +110,11 @@ def iterative_prune(
         >>> model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         ...               metrics=["accuracy"])
         >>> report = iterative_prune(model, (x, y), validation_data=(x, y), verbose=0,
-        ...                          target_sparsity=0.9, steps=3, epochs_per_step=1)
+        ...                          sparsity=0.9, steps=3, epochs_per_step=1)
         >>> [round(entry["sparsity"], 2) for entry in report.history]
         [0.54, 0.78, 0.9]
     """
-    check_sparsity("target_sparsity", target_sparsity)
+    target_sparsity = _final_sparsity(sparsity, target_sparsity)
     settings = _check_arguments(target_sparsity, None, scope, layers, block_size, None)
     check_int("steps", steps, minimum=1)
     check_int("epochs_per_step", epochs_per_step, minimum=0)
@@ -159,6 +161,17 @@ def iterative_prune(
     report.history = history
     report.warnings = notes
     return report
+
+
+def _final_sparsity(sparsity, target_sparsity) -> float:
+    if sparsity is not None and target_sparsity is not None:
+        raise TypeError(
+            "Pass the final sparsity once, as `sparsity`. "
+            f"Received: sparsity={sparsity!r}, target_sparsity={target_sparsity!r}"
+        )
+    if sparsity is None and target_sparsity is None:
+        raise TypeError("iterative_prune() needs the final sparsity, e.g. sparsity=0.9.")
+    return check_sparsity("sparsity", target_sparsity if sparsity is None else sparsity)
 
 
 def _prune_args(settings: dict, sparsity: float) -> dict:
