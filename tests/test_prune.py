@@ -369,3 +369,13 @@ def test_weights_changed_outside_training_are_refused_before_the_next_fit():
     pruned.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
     kernel = keras.ops.convert_to_numpy(hidden.kernel)
     assert np.mean(kernel == 0) == masks.prune_count(0.5, kernel.size) / kernel.size
+
+
+def test_training_the_model_inside_instead_of_the_pruned_model_is_a_clear_error():
+    model = compile_classifier(mlp())
+    pruned = kp.prune_low_magnitude(model)
+    x, y = dense_data()
+    with pytest.raises(ValueError, match="held by the pruned model.*train that one"):
+        model.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
+    kp.strip_pruning(pruned)
+    model.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)  # a plain model again

@@ -9,7 +9,7 @@ import numpy as np
 
 from keras_prune import _host
 from keras_prune._keras_compat import call_takes_training
-from keras_prune.core import MaskGroup, PruningState, constraints_hold_masks
+from keras_prune.core import MaskGroup, PruningState, constraints_hold_masks, pruning_state_of
 from keras_prune.wrapper import PruneLowMagnitude
 
 
@@ -64,6 +64,7 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._states = collect_pruning(self.model)
         if not self._states:
+            _check_not_inside_a_pruned_model(self.model)
             return
         self._in_step = _updates_in_step(self.model)
         steps = [int(keras.ops.convert_to_numpy(w.pruning_step)) for w in self._states]
@@ -130,6 +131,17 @@ class UpdatePruningStep(keras.callbacks.Callback):
     def _apply_masks(self):
         for state in self._states:
             state.apply_masks()
+
+
+def _check_not_inside_a_pruned_model(model) -> None:
+    """Training the model a ``PrunedModel`` holds, instead of the pruned model, would not prune it."""
+    holder = next((pruning_state_of(w) for w in model.weights if pruning_state_of(w)), None)
+    if holder is not None:
+        raise ValueError(
+            f"Model '{model.name}' is held by the pruned model '{holder.name}': train that one "
+            "(the model prune_low_magnitude() returned), or strip_pruning() it first to train "
+            "this model without pruning."
+        )
 
 
 def check_masks_current(state: PruningState) -> None:
