@@ -374,6 +374,7 @@ def test_weights_changed_outside_training_are_refused_before_the_next_fit():
 def test_training_the_model_inside_instead_of_the_pruned_model_is_a_clear_error():
     model = compile_classifier(mlp())
     pruned = kp.prune_low_magnitude(model)
+    assert pruned.get_layer("hidden") is model.get_layer("hidden")
     x, y = dense_data()
     with pytest.raises(ValueError, match="held by the pruned model.*train that one"):
         model.fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)

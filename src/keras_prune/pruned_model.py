@@ -123,6 +123,10 @@ class PrunedModel(PruningState, keras.Model):
         ``PositionEmbedding``)."""
         return [(site.path, site.reason) for site in weight_sites(self.layer) if site.reason]
 
+    def get_layer(self, name: str | None = None, index: int | None = None) -> keras.layers.Layer:
+        """A layer of the model being pruned (``pruned.get_layer("dense")`` as on the model)."""
+        return self.layer.get_layer(name, index)
+
     def call(self, inputs, training=None):
         return self.pruned_call(inputs, training=training)
 
