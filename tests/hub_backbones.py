@@ -14,6 +14,7 @@ parameters and builds and runs a forward pass in about a second on CPU.
 
 from functools import partial
 
+import keras
 import keras_hub
 import numpy as np
 
@@ -328,3 +329,18 @@ def sample_inputs(name_or_model, batch=2, seq=16):
     if len(inputs) == 1 and not isinstance(model.input, dict):
         return next(iter(inputs.values()))
     return inputs
+
+
+KERNEL_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
+
+
+def kernels(model):
+    """Every Dense and EinsumDense kernel at any depth, found by Keras itself, once each."""
+    found = {id(layer.kernel): layer.kernel for layer in model._flatten_layers() if isinstance(layer, KERNEL_LAYERS)}
+    return list(found.values())
+
+
+def zeros(variable):
+    """How many entries of ``variable`` are exactly zero."""
+    array = keras.ops.convert_to_numpy(variable)
+    return int(array.size - np.count_nonzero(array))

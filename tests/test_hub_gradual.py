@@ -16,22 +16,10 @@ pytest.importorskip("keras_hub")
 import keras_prune as kp  # noqa: E402  (after the importorskip)
 from keras_prune.masks import prune_count  # noqa: E402
 
-from hub_backbones import BACKBONES, sample_inputs  # noqa: E402
+from hub_backbones import BACKBONES, kernels, sample_inputs, zeros  # noqa: E402
 
-KERNEL_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
 # A few families, run on every backend; the rest on TensorFlow only, to keep the suite short.
 CORE = ("bert", "gpt2", "llama", "gemma", "vit")
-
-
-def kernels(model):
-    """Every Dense and EinsumDense kernel at any depth, found by Keras itself, once each."""
-    found = {id(layer.kernel): layer.kernel for layer in model._flatten_layers() if isinstance(layer, KERNEL_LAYERS)}
-    return list(found.values())
-
-
-def zeros(variable):
-    array = keras.ops.convert_to_numpy(variable)
-    return int(array.size - np.count_nonzero(array))
 
 
 def train_a_few_steps(pruned, inputs, steps=3):

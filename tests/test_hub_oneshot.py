@@ -9,7 +9,7 @@ pytest.importorskip("keras_hub")
 from keras_prune import magnitude_prune  # noqa: E402  (after the importorskip)
 from keras_prune.masks import prune_count  # noqa: E402
 
-from hub_backbones import BACKBONES, sample_inputs  # noqa: E402
+from hub_backbones import BACKBONES, kernels, sample_inputs, zeros  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow_only
 
@@ -19,18 +19,6 @@ NAMES = [
     "gemma", "llama", "mistral", "qwen", "phi3", "smollm3", "mixtral",  # grouped-query attention, MoE
     "whisper", "vit", "clip",  # speech, vision, vision-language
 ]
-KERNEL_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
-
-
-def kernels(model):
-    """Every Dense and EinsumDense kernel at any depth, found by Keras itself, once each."""
-    found = {id(layer.kernel): layer.kernel for layer in model._flatten_layers() if isinstance(layer, KERNEL_LAYERS)}
-    return list(found.values())
-
-
-def zeros(variable):
-    array = keras.ops.convert_to_numpy(variable)
-    return int(array.size - np.count_nonzero(array))
 
 
 @pytest.mark.parametrize("name", NAMES)
