@@ -7,7 +7,7 @@ import pytest
 
 pytestmark = pytest.mark.core
 
-MODULES = ["schedules", "masks", "criteria", "registry", "wrapper", "prune", "_host", "structured",
+MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", "prune", "_host", "structured",
            "structured.fold", "structured.graph", "structured.importance", "structured.plan",
            "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
            "iterative"]

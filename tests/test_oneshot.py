@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+import keras_prune.compat.tfmot as tfmot
 from keras_prune import PrunableLayer, UnsupportedLayerError, magnitude_prune, prune_low_magnitude
 from keras_prune.masks import prune_count
 
@@ -204,8 +205,14 @@ def test_unbuilt_or_wrapped_model_is_refused():
     model = keras.Sequential([keras.layers.Dense(3)])
     with pytest.raises(ValueError, match="build it first"):
         magnitude_prune(model, sparsity=0.5)
-    wrapped = prune_low_magnitude(small_model())
-    with pytest.raises(ValueError, match="'prune_low_magnitude_conv' is wrapped.*strip_pruning"):
+    model = small_model()
+    pruned = prune_low_magnitude(model)
+    with pytest.raises(ValueError, match="being pruned gradually.*strip_pruning"):
+        magnitude_prune(pruned, sparsity=0.5)
+    with pytest.raises(ValueError, match="'conv' is being pruned gradually.*strip_pruning"):
+        magnitude_prune(model, sparsity=0.5)  # the model inside: its masks would go out of date
+    wrapped = tfmot.sparsity.keras.prune_low_magnitude(small_model())
+    with pytest.raises(ValueError, match="'prune_low_magnitude_conv' is being pruned gradually.*strip_pruning"):
         magnitude_prune(wrapped, sparsity=0.5)
 
 

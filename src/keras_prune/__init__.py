@@ -11,6 +11,7 @@ Example:
 from keras_prune.analysis import PruningReport, summarize
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
+from keras_prune.handlers import LayerHandler, register_handler
 from keras_prune.iterative import iterative_prune
 from keras_prune.oneshot import magnitude_prune
 from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConstantSparsity",
     "GradualChannelPruning",
+    "LayerHandler",
     "PolynomialDecay",
     "PrunableLayer",
     "PruneLowMagnitude",
@@ -44,6 +46,7 @@ __all__ = [
     "magnitude_prune",
     "prune_channels",
     "prune_low_magnitude",
+    "register_handler",
     "strip_pruning",
     "summarize",
 ]

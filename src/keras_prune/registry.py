@@ -1,20 +1,20 @@
 """Which weights of a layer are prunable.
 
-Dispatch is by ``isinstance`` (so subclasses of supported layers are supported), most
-specific rule first. A custom layer declares its own prunable weights by subclassing
-:class:`PrunableLayer`. Built-in Keras layers without a rule (BatchNormalization, pooling,
-...) have nothing to prune. keras-prune never guesses which weights of a custom layer are
-safe to zero: :func:`prunable_weights` raises for a custom layer that holds weights but
-declares nothing, and one-shot pruning (see :mod:`keras_prune.traversal`) leaves such
-weights dense and names them in its report.
+The answer comes from the layer's handler (:mod:`keras_prune.handlers`), found along its
+class hierarchy, most specific class first (so subclasses of supported layers are supported).
+A custom layer declares its own prunable weights by subclassing :class:`PrunableLayer`, or
+its class gets a handler from :func:`keras_prune.register_handler`. Built-in Keras layers
+without a rule (BatchNormalization, pooling, ...) have nothing to prune. keras-prune never
+guesses which weights of a custom layer are safe to zero: :func:`prunable_weights` raises for
+a custom layer that holds weights but declares nothing, and one-shot pruning (see
+:mod:`keras_prune.traversal`) leaves such weights dense and names them in its report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
-from keras import layers
+
+from keras_prune import handlers
 
 
 class PrunableLayer:
@@ -38,74 +38,6 @@ class UnsupportedLayerError(ValueError):
     """A layer holds weights but keras-prune does not know which of them to prune."""
 
 
-def _kernel(layer) -> list:
-    return [layer.kernel]
-
-
-def _separable(layer) -> list:
-    return [layer.depthwise_kernel, layer.pointwise_kernel]
-
-
-def _embedding(layer) -> list:
-    return [layer.embeddings]
-
-
-def _reversible_embedding(layer) -> list:
-    # Untied, the output projection (the LM head of Llama, Mistral, Phi-3...) is its own weight.
-    return [layer.embeddings] + ([] if layer.tie_weights else [layer.reverse_embeddings])
-
-
-def _attention(layer) -> list:
-    denses = (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense)
-    return [dense.kernel for dense in denses]
-
-
-def _cell(cell) -> list:
-    if isinstance(cell, layers.StackedRNNCells):
-        return [w for inner in cell.cells for w in _cell(inner)]
-    if isinstance(cell, PrunableLayer) or not is_builtin(cell):
-        return prunable_weights(cell)
-    return [cell.kernel, cell.recurrent_kernel]
-
-
-def _rnn(layer) -> list:
-    return _cell(layer.cell)
-
-
-def _bidirectional(layer) -> list:
-    return _rnn(layer.forward_layer) + _rnn(layer.backward_layer)
-
-
-def _time_distributed(layer) -> list:
-    return prunable_weights(layer.layer)
-
-
-_KERNEL_LAYERS = (
-    layers.Dense,
-    layers.EinsumDense,
-    layers.Conv1D,
-    layers.Conv2D,
-    layers.Conv3D,
-    layers.Conv1DTranspose,
-    layers.Conv2DTranspose,
-    layers.Conv3DTranspose,
-    layers.DepthwiseConv1D,
-    layers.DepthwiseConv2D,
-)
-
-# Most specific first: the first matching rule wins.
-_RULES: list[tuple[type | tuple[type, ...], Callable[[keras.layers.Layer], list]]] = [
-    (PrunableLayer, lambda layer: list(layer.get_prunable_weights())),
-    ((layers.SeparableConv1D, layers.SeparableConv2D), _separable),
-    (_KERNEL_LAYERS, _kernel),
-    (layers.ReversibleEmbedding, _reversible_embedding),
-    (layers.Embedding, _embedding),
-    (layers.MultiHeadAttention, _attention),
-    (layers.Bidirectional, _bidirectional),
-    (layers.TimeDistributed, _time_distributed),
-    (layers.RNN, _rnn),
-]
-
 _BASE_CLASSES = set(keras.layers.Layer.__mro__) | set(keras.Model.__mro__)
 
 
@@ -119,7 +51,8 @@ def is_builtin(layer: keras.layers.Layer) -> bool:
 
 def has_rule(layer: keras.layers.Layer) -> bool:
     """Whether keras-prune knows the prunable weights of ``layer``'s type."""
-    return any(isinstance(layer, types) for types, _ in _RULES)
+    handler = handlers.handler_for(layer)
+    return handler is not None and handler.prunable is not None
 
 
 def prunable_weights(layer: keras.layers.Layer) -> list:
@@ -134,9 +67,9 @@ def prunable_weights(layer: keras.layers.Layer) -> list:
         >>> [w.path for w in prunable_weights(dense)]
         ['fc/kernel']
     """
-    for types, rule in _RULES:
-        if isinstance(layer, types):
-            return rule(layer)
+    handler = handlers.handler_for(layer)
+    if handler is not None and handler.prunable is not None:
+        return list(handler.prunable(layer))
     if not layer.weights or is_builtin(layer):
         return []
     raise UnsupportedLayerError(

@@ -4,19 +4,21 @@ In inference BatchNorm is a per-channel affine map, ``gamma * (z - mean) / sqrt(
 beta``; when ``z`` comes straight from a Dense or Conv with no activation, the map folds into
 that layer's kernel and bias and the BatchNorm layer disappears. The outputs stay the same (up
 to float rounding) and TensorFlow runs about ten fewer operations per BatchNorm (variable reads,
-rsqrt, multiplies, adds). LiteRT's converter does the same by itself.
+rsqrt, multiplies, adds). LiteRT's converter does the same by itself. Which layers BatchNorm
+folds into, and how many kernels they have, comes from their handlers
+(``LayerHandler.fold_kernels``, :mod:`keras_prune.handlers`).
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 import numpy as np
 from keras import layers
 
-from keras_prune.structured.graph import _CONV, _DEPTHWISE, _SEPARABLE, walk_nodes
-
-# Producers whose output channels are the last axis of their kernel and bias.
-_FOLDABLE = (layers.Dense, *_CONV, *_DEPTHWISE, *_SEPARABLE)
+from keras_prune import handlers
+from keras_prune.structured.graph import walk_nodes
 
 
 def fold_batchnorm(model: keras.Model) -> keras.Model:
@@ -86,13 +88,14 @@ def foldable_batchnorms(model: keras.Model) -> dict[str, str]:
             continue
         (tensor,) = node.arguments.keras_tensors
         producer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        kernels = _kernel_count(producer)
         if (
-            isinstance(producer, _FOLDABLE)
+            kernels
             and layer.axis in (-1, len(tensor.shape) - 1)
             and len(producer._inbound_nodes) == 1
             and consumers[id(tensor)] == 1
             and producer.get_config().get("activation", "linear") == "linear"
-            and len(producer.weights) == _kernel_count(producer) + bool(producer.use_bias)
+            and len(producer.weights) == kernels + bool(getattr(producer, "use_bias", False))
             and getattr(producer, "data_format", "channels_last") == "channels_last"
         ):
             folds[layer.name] = producer.name
@@ -100,7 +103,11 @@ def foldable_batchnorms(model: keras.Model) -> dict[str, str]:
 
 
 def _kernel_count(layer) -> int:
-    return 2 if isinstance(layer, _SEPARABLE) else 1  # depthwise and pointwise kernels
+    """How many kernels precede the bias of a layer BatchNorm folds into; 0: it does not fold."""
+    if not isinstance(layer, keras.layers.Layer):
+        return 0
+    handler = handlers.handler_for(layer)
+    return 0 if handler is None else handler.fold_kernels
 
 
 def _folded_weights(producer, bn) -> list[np.ndarray]:
@@ -115,8 +122,15 @@ def _folded_weights(producer, bn) -> list[np.ndarray]:
     original = producer.get_weights()  # the kernel(s), then the bias if it has one
     weights = [w.astype("float64") for w in original]
     n = _kernel_count(producer)
-    kernel = weights[n - 1]  # the one whose last axis (or, depthwise, last two) is the output
-    weights[n - 1] = kernel * scale.reshape(kernel.shape[-2:] if isinstance(producer, _DEPTHWISE) else (-1,))
+    kernel = weights[n - 1]  # the one whose trailing axes index the output channels
+    # Dense, Conv: the last axis; depthwise: the last two (input channel, multiplier).
+    trailing = next((k for k in range(1, kernel.ndim + 1) if math.prod(kernel.shape[-k:]) == scale.size), None)
+    if trailing is None:
+        raise ValueError(
+            f"Cannot fold '{bn.name}' into '{producer.name}': no trailing axes of its kernel "
+            f"{kernel.shape} match the {scale.size} channels."
+        )
+    weights[n - 1] = kernel * scale.reshape(kernel.shape[-trailing:])
     bias = weights[n] if len(weights) > n else np.zeros_like(mean)
     weights = [*weights[:n], (bias - mean) * scale + beta]
     return [w.astype(original[0].dtype) for w in weights]

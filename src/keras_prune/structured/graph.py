@@ -9,8 +9,11 @@ arrays; Flatten repeats them once per spatial position. A union-find over elemen
 that share a producer (a layer whose config sets the width: Dense, Conv, heads of
 MultiHeadAttention, ...) form one *group*, pruned at one ratio.
 
-A layer the graph does not understand ties its inputs to a blocked element: any group that
-reaches it is left untouched and reported, never guessed.
+What each layer type does to channels comes from its handler (:mod:`keras_prune.handlers`):
+a Dense-like producer is described by its weights' channel axes and its width key; layers with
+special rules (merges, reshapes, depthwise and separable convolutions, attention heads, ...)
+name one of the tracing routines below. A layer the graph does not understand ties its inputs
+to a blocked element: any group that reaches it is left untouched and reported, never guessed.
 """
 
 from __future__ import annotations
@@ -22,25 +25,8 @@ import keras
 import numpy as np
 from keras import layers
 
-_CONV = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
-_CONV_T = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
-_SEPARABLE = (layers.SeparableConv1D, layers.SeparableConv2D)
-_DEPTHWISE = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
-_MERGE = (
-    layers.Add, layers.Subtract, layers.Multiply, layers.Average, layers.Maximum, layers.Minimum,
-)
-# Channel-wise layers without weights: each output channel depends on the same input channel.
-_PASS = (
-    layers.ReLU, layers.LeakyReLU, layers.ELU, layers.Dropout, layers.SpatialDropout1D,
-    layers.SpatialDropout2D, layers.SpatialDropout3D, layers.GaussianNoise, layers.GaussianDropout,
-    layers.AlphaDropout, layers.ActivityRegularization, layers.Identity, layers.Rescaling,
-    layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D, layers.AveragePooling1D,
-    layers.AveragePooling2D, layers.AveragePooling3D, layers.GlobalAveragePooling1D,
-    layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D, layers.GlobalMaxPooling1D,
-    layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D, layers.ZeroPadding1D,
-    layers.ZeroPadding2D, layers.ZeroPadding3D, layers.Cropping1D, layers.Cropping2D,
-    layers.Cropping3D, layers.UpSampling1D, layers.UpSampling2D, layers.UpSampling3D,
-)
+from keras_prune import handlers
+
 # Activations that mix channels: removing even an all-zero channel changes the result.
 _MIXING_ACTIVATIONS = ("softmax", "log_softmax")
 
@@ -191,87 +177,119 @@ class ChannelGraph:
         return outs
 
     def _trace_layer(self, layer, node, inputs, in_ids) -> list[np.ndarray]:
-        if isinstance(layer, layers.InputLayer):
+        handler = handlers.handler_for(layer)
+        kind = None if handler is None else handler.trace
+        if kind is None and handler is not None and handler.channel_axes is not None:
+            kind = "producer"
+        if kind == "input":
             return in_ids
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise _Unknown("only channels_last layouts are supported")
-        if isinstance(layer, _MERGE):
-            return [self._merge(in_ids)]
-        if isinstance(layer, layers.Concatenate):
-            rank = len(inputs[0].shape)
-            if layer.axis in (-1, rank - 1):
-                return [np.concatenate(in_ids)]
-            return [self._merge(in_ids)]
-        if isinstance(layer, layers.MultiHeadAttention):
-            return self._trace_attention(layer, node, in_ids)
+        if kind in self._MULTI_INPUT:
+            return self._MULTI_INPUT[kind](self, layer, handler, node, inputs, in_ids)
         if len(in_ids) != 1 or len(node.outputs) != 1:
             raise _Unknown(f"{type(layer).__name__} with several inputs or outputs")
+        if kind is None:
+            raise _Unknown(f"no channel rule for {type(layer).__name__}")
         (x,), tensor = in_ids, inputs[0]
-        if isinstance(layer, _PASS):
-            return [x]
-        if isinstance(layer, layers.Activation):
-            if _activation_name(layer) in _MIXING_ACTIVATIONS:
-                raise _Unknown("its activation mixes channels")
-            return [x]
-        if isinstance(layer, layers.PReLU):
-            if tuple(layer.alpha.shape)[-1] == 1:
-                return [x]
-            self._slot(layer, "c", len(x), tie=x)
-            self._weights(layer, {"alpha": (None,) * (len(layer.alpha.shape) - 1) + ("c",)})
-            return [x]
-        if isinstance(layer, (layers.BatchNormalization, layers.LayerNormalization)):
-            axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
-            if axis not in (-1, (-1,), len(tensor.shape) - 1, (len(tensor.shape) - 1,)):
-                raise _Unknown("it normalizes over an axis other than the channel axis")
-            self._slot(layer, "c", len(x), tie=x)
-            self._weights(layer, {n: ("c",) for n in ("gamma", "beta", "moving_mean",
-                                                      "moving_variance")})
-            return [x]
-        if isinstance(layer, layers.Flatten):
-            return [np.tile(x, _spatial(tensor))]
-        if isinstance(layer, layers.Reshape):
-            return [self._reshape(layer, tensor, x)]
-        return [self._trace_weighted(layer, x, tensor)]
+        return [self._SINGLE_INPUT[kind](self, layer, handler, x, tensor)]
 
-    def _trace_weighted(self, layer, x: np.ndarray, tensor) -> np.ndarray:
-        nd = len(tensor.shape) - 2  # spatial dims of a conv input
-        if isinstance(layer, _SEPARABLE):
-            inn = self._slot(layer, "in", len(x), tie=x)
-            self._slots[layer.name]["mid"] = np.repeat(inn, layer.depth_multiplier)
-            out = self._producer(layer, "out", layer.filters)
-            self._weights(layer, {
-                "depthwise_kernel": (None,) * nd + ("in", None),
-                "pointwise_kernel": (None,) * nd + ("mid", "out"),
-                "bias": ("out",),
-            })
-            return out
-        if isinstance(layer, _DEPTHWISE):
-            inn = self._slot(layer, "in", len(x), tie=x)
-            out = self._slots[layer.name]["out"] = np.repeat(inn, layer.depth_multiplier)
-            self._weights(layer, {"kernel": (None,) * nd + ("in", None), "bias": ("out",)})
-            return out
-        if isinstance(layer, _CONV):
-            if layer.groups != 1:
-                raise _Unknown("grouped convolutions are not supported")
+    # -- layers with several inputs ---------------------------------------------------------
+
+    def _trace_merge(self, layer, handler, node, inputs, in_ids) -> list[np.ndarray]:
+        return [self._merge(in_ids)]
+
+    def _trace_concat(self, layer, handler, node, inputs, in_ids) -> list[np.ndarray]:
+        rank = len(inputs[0].shape)
+        if layer.axis in (-1, rank - 1):
+            return [np.concatenate(in_ids)]
+        return [self._merge(in_ids)]
+
+    def _trace_attention(self, layer, handler, node, inputs, in_ids) -> list[np.ndarray]:
+        reason = f"layer '{layer.name}' keeps its input and output width"
+        outs = self._opaque(node, in_ids, reason)
+        self._producer(layer, "heads", layer.num_heads)
+        self._weights(layer, handler.weight_axes(layer))
+        return outs
+
+    # -- layers with one input: each returns the output's channel elements -------------------
+
+    def _trace_pass(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        return x
+
+    def _trace_activation(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        if _activation_name(layer) in _MIXING_ACTIVATIONS:
+            raise _Unknown("its activation mixes channels")
+        return x
+
+    def _trace_prelu(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        if tuple(layer.alpha.shape)[-1] == 1:
+            return x
+        self._slot(layer, "c", len(x), tie=x)
+        self._weights(layer, handler.weight_axes(layer))
+        return x
+
+    def _trace_norm(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+        if axis not in (-1, (-1,), len(tensor.shape) - 1, (len(tensor.shape) - 1,)):
+            raise _Unknown("it normalizes over an axis other than the channel axis")
+        self._slot(layer, "c", len(x), tie=x)
+        self._weights(layer, handler.weight_axes(layer))
+        return x
+
+    def _trace_flatten(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        return np.tile(x, _spatial(tensor))
+
+    def _trace_reshape(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        target = tuple(layer.target_shape)
+        if len(target) == 1:  # a flatten
+            out = np.tile(x, _spatial(tensor))
+        elif target[-1] == len(x) and -1 not in target[:-1]:  # channels stay last
+            out = x
+        else:
+            raise _Unknown("it moves the channel axis")
+        self._slots.setdefault(layer.name, {})["out"] = out
+        return out
+
+    def _trace_separable(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        inn = self._slot(layer, "in", len(x), tie=x)
+        self._slots[layer.name]["mid"] = np.repeat(inn, layer.depth_multiplier)
+        out = self._producer(layer, "out", layer.filters)
+        self._weights(layer, handler.weight_axes(layer))
+        return out
+
+    def _trace_depthwise(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        inn = self._slot(layer, "in", len(x), tie=x)
+        out = self._slots[layer.name]["out"] = np.repeat(inn, layer.depth_multiplier)
+        self._weights(layer, handler.weight_axes(layer))
+        return out
+
+    def _trace_conv(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        if layer.groups != 1:
+            raise _Unknown("grouped convolutions are not supported")
+        return self._trace_producer(layer, handler, x, tensor)
+
+    def _trace_producer(self, layer, handler, x: np.ndarray, tensor) -> np.ndarray:
+        """A Dense-like layer: ``"in"`` axes follow its input, ``width_key`` outputs."""
+        axes = handler.weight_axes(layer)
+        if any("in" in slots for slots in axes.values()):
             self._slot(layer, "in", len(x), tie=x)
-            out = self._producer(layer, "out", layer.filters)
-            self._weights(layer, {"kernel": (None,) * nd + ("in", "out"), "bias": ("out",)})
-            return out
-        if isinstance(layer, _CONV_T):
-            self._slot(layer, "in", len(x), tie=x)
-            out = self._producer(layer, "out", layer.filters)
-            self._weights(layer, {"kernel": (None,) * nd + ("out", "in"), "bias": ("out",)})
-            return out
-        if isinstance(layer, layers.Dense):
-            self._slot(layer, "in", len(x), tie=x)
-            out = self._producer(layer, "out", layer.units)
-            self._weights(layer, {"kernel": ("in", "out"), "bias": ("out",)})
-            return out
-        if isinstance(layer, layers.Embedding):
-            out = self._producer(layer, "out", layer.output_dim)
-            self._weights(layer, {"embeddings": (None, "out")})
-            return out
-        raise _Unknown(f"no channel rule for {type(layer).__name__}")
+        width = layer.get_config().get(handler.width_key)
+        if not isinstance(width, int):
+            raise _Unknown(f"its config has no integer '{handler.width_key}' (the output width)")
+        out = self._producer(layer, "out", width)
+        self._weights(layer, axes)
+        return out
+
+    _MULTI_INPUT = {"merge": _trace_merge, "concat": _trace_concat, "attention": _trace_attention}
+    _SINGLE_INPUT = {
+        "pass": _trace_pass, "activation": _trace_activation, "prelu": _trace_prelu,
+        "norm": _trace_norm, "flatten": _trace_flatten, "reshape": _trace_reshape,
+        "separable": _trace_separable, "depthwise": _trace_depthwise, "conv": _trace_conv,
+        "producer": _trace_producer,
+    }
+
+    # -- helpers --------------------------------------------------------------------------
 
     def _producer(self, layer, slot: str, size: int) -> np.ndarray:
         out = self._slot(layer, slot, size)
@@ -289,29 +307,6 @@ class ChannelGraph:
         for other in full[1:]:
             self._union(full[0], other)
         return full[0]
-
-    def _reshape(self, layer, tensor, x: np.ndarray) -> np.ndarray:
-        target = tuple(layer.target_shape)
-        if len(target) == 1:  # a flatten
-            out = np.tile(x, _spatial(tensor))
-        elif target[-1] == len(x) and -1 not in target[:-1]:  # channels stay last
-            out = x
-        else:
-            raise _Unknown("it moves the channel axis")
-        self._slots.setdefault(layer.name, {})["out"] = out
-        return out
-
-    # -- MultiHeadAttention (handled before the generic single-input path) -----------------
-
-    def _trace_attention(self, layer, node, in_ids) -> list[np.ndarray]:
-        reason = f"layer '{layer.name}' keeps its input and output width"
-        outs = self._opaque(node, in_ids, reason)
-        self._producer(layer, "heads", layer.num_heads)
-        spec = {f"{n}/kernel": (None, "heads", None) for n in ("query", "key", "value")}
-        spec.update({f"{n}/bias": ("heads", None) for n in ("query", "key", "value")})
-        spec["attention_output/kernel"] = ("heads", None, None)
-        self._weights(layer, spec)
-        return outs
 
     # -- groups ---------------------------------------------------------------------------
 
@@ -361,6 +356,10 @@ class ChannelGraph:
     def unit_ids(self, layer_name: str, slot: str) -> np.ndarray:
         """For each position of a layer's slot, the unit it belongs to (-1: not removable)."""
         return self._units[layer_name][slot]
+
+    def producer_slot(self, layer_name: str) -> str | None:
+        """The slot whose width the layer sets (``"out"``, ``"heads"``), or ``None``."""
+        return next((slot for name, slot in self._producers if name == layer_name), None)
 
     def slots(self, layer_name: str) -> dict[str, np.ndarray]:
         """All slots of a layer, as unit indices per position."""

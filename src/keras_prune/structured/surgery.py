@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import layers
 
+from keras_prune import handlers
 from keras_prune.structured import transformer
-from keras_prune.structured.graph import _CONV, _CONV_T, _SEPARABLE
 from keras_prune.structured.plan import ChannelPlan
 
 
 def apply_plan(plan: ChannelPlan) -> keras.Model:
     """Returns a new model without the plan's removed units; the input model is unchanged.
 
-    Layers keep their names. Configs shrink (``units``, ``filters``, ``output_dim``,
-    ``num_heads``, a Reshape's ``target_shape``); every weight is sliced along the axes
+    Layers keep their names. Configs shrink (the key named by the layer's handler:
+    ``units``, ``filters``, ``output_dim``, ``num_heads``; a Reshape's ``target_shape``); every weight is sliced along the axes
     whose channels were removed. A KerasHub backbone is rebuilt as the same class from its
     config with fewer heads and FFN units (or as a functional model of keras-prune blocks when
     its class cannot hold fewer heads of the same size); a model around it (a task such as
@@ -68,18 +67,15 @@ def _resized_config(layer, plan: ChannelPlan) -> dict | None:
     if not slots:
         return None
     config = layer.get_config()
-    if isinstance(layer, layers.MultiHeadAttention):
-        config["num_heads"] = int(plan.keep_mask(layer.name, "heads").sum())
-    elif "out" in slots:
+    handler = handlers.handler_for(layer)
+    if handler is None:
+        return config
+    slot = plan.graph.producer_slot(layer.name)
+    if handler.width_key is not None and slot is not None:
+        config[handler.width_key] = int(plan.keep_mask(layer.name, slot).sum())
+    elif handler.trace == "reshape" and "out" in slots and config["target_shape"][-1] != -1:
         width = int(plan.keep_mask(layer.name, "out").sum())
-        if isinstance(layer, layers.Dense):
-            config["units"] = width
-        elif isinstance(layer, _CONV + _CONV_T + _SEPARABLE):
-            config["filters"] = width
-        elif isinstance(layer, layers.Embedding):
-            config["output_dim"] = width
-        elif isinstance(layer, layers.Reshape) and config["target_shape"][-1] != -1:
-            config["target_shape"] = tuple(config["target_shape"][:-1]) + (width,)
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (width,)
     return config
 
 
