@@ -159,3 +159,33 @@ def test_fold_batchnorm_writes_the_same_function_without_batchnorm(tmp_path):
                                                                  "GlobalAveragePooling2D", "Dense"]
     x = rng.normal(size=(4, 6, 6, 2)).astype("float32")
     np.testing.assert_allclose(folded.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-4)
+
+
+def test_shrink_removes_heads_and_ffn_units_of_a_kerashub_language_model(tmp_path, capsys):
+    pytest.importorskip("keras_hub")
+    from helpers import run_cli
+    from hub_backbones import BACKBONES, sample_inputs
+
+    backbone = BACKBONES["gpt2"]()
+    inputs = {t.name: keras.Input((None,), dtype=t.dtype, name=t.name) for t in backbone.inputs}
+    lm = keras.Model(inputs, keras.layers.Dense(256, name="logits")(backbone(inputs)))
+    lm.save(tmp_path / "model.keras")
+    code, out, err = run_cli(capsys, "shrink", tmp_path / "model.keras", "-o", tmp_path / "small.keras",
+                             "--ratio", "0.5")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "gpt2_backbone/transformer_layer_0: heads 4 -> 2, ffn 64 -> 32" in lines
+    assert "gpt2_backbone/transformer_layer_1: heads 4 -> 2, ffn 64 -> 32" in lines
+    assert "gpt2_backbone: becomes a functional keras.Model" in out
+    assert "logits: kept 256/256 (model output channels are kept)" in lines
+    small = keras.saving.load_model(tmp_path / "small.keras")  # no custom_objects
+    new_backbone = small.get_layer("gpt2_backbone")
+    for i in range(2):
+        block = new_backbone.get_layer(f"transformer_layer_{i}")
+        assert type(block).__name__ == "PrunedTransformerDecoder"
+        assert (block.num_heads, block.head_dim, block.intermediate_dim) == (2, 8, 32)
+        assert block._self_attention_layer.query_dense.kernel.shape == (32, 2, 8)
+    assert small.count_params() == lm.count_params() - 2 * (32 * 2 * 8 * 3 + 2 * 8 * 3 + 2 * 8 * 32) - 2 * (
+        32 * 32 + 32 + 32 * 32)
+    x = sample_inputs(backbone)
+    assert small(x).shape == (2, 16, 256)

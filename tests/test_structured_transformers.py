@@ -41,9 +41,6 @@ DECODERS = {
     "gemma3": (26816, 18624, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
     "mistral": (34976, 26784, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
     "qwen3": (26816, 18624, {"num_query_heads": 2, "num_key_value_heads": 2, "head_dim": 8}, 32),
-    # These derive head_dim from hidden_dim // heads (and have no keras-prune block): heads stay.
-    "llama": (34976, 28832, {"num_query_heads": 4, "num_key_value_heads": 2}, 32),
-    "qwen": (26912, 20768, {"num_query_heads": 4, "num_key_value_heads": 2}, 32),
 }
 
 
@@ -63,8 +60,6 @@ def test_prune_channels_removes_heads_and_ffn_units_in_decoder_style_backbones(n
     summary = plan.summary()
     first = summary.splitlines()[0]
     assert first.startswith(("transformer_layer_0: heads", "decoder_block_0: heads")), summary
-    if "head_dim" not in heads:
-        assert "cannot keep its head size with fewer heads" in summary
 
 
 @pytest.mark.core
@@ -101,9 +96,8 @@ def test_bad_head_ratios_and_impossible_requests_raise_before_anything_changes()
     weights = [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
     with pytest.raises(ValueError, match=r"key/value group of 'transformer_layer_0/self_attention'.*below 0\.75"):
         prune_channels(model, 0.8)
-    llama = BACKBONES["llama"]()
-    with pytest.raises(ValueError, match=r"heads from 'LlamaBackbone'.*no head_dim argument.*Pass heads=0"):
-        prune_channels(llama, 0.5, heads=0.5)
+    with pytest.raises(ValueError, match=r"heads from 'Phi3Backbone'.*no head_dim argument.*'su'.*Pass heads=0"):
+        prune_channels(_phi3_su(), 0.5, heads=0.5)
     with pytest.raises(ValueError, match="scope='layer'"):
         prune_channels(model, 0.5, scope="global")
     with pytest.raises(ValueError, match="nothing it can remove.*mixture|nothing it can remove"):
@@ -125,17 +119,19 @@ def test_bert_encoder_without_head_removal_stays_its_own_class():
     assert small.count_params() == model.count_params() - 2 * (32 * 16 + 16 + 16 * 32)
 
 
-# Backbones of keras_hub.layers.TransformerEncoder/TransformerDecoder blocks that derive the
-# head size from hidden_dim: name -> (params before, params after prune 0.5, block class).
+# Backbones of keras_hub.layers.TransformerEncoder/TransformerDecoder blocks (or subclasses) that
+# derive the head size from hidden_dim: name -> (params before, params after prune 0.5, block
+# classes named in the plan, class of the first block).
 FUNCTIONAL = {
-    "gpt2": (26368, 18016, "PrunedTransformerDecoder"),
-    "opt": (26368, 18016, "PrunedTransformerDecoder"),
-    "bert": (27488, 19136, "PrunedTransformerEncoder"),
-    "roberta": (26368, 18016, "PrunedTransformerEncoder"),
-    "distil_bert": (26368, 18016, "PrunedTransformerEncoder"),
-    "xlm_roberta": (26368, 18016, "PrunedTransformerEncoder"),
-    "electra": (23360, 15008, "PrunedTransformerEncoder"),
-    "bart": (53120, 32224, "PrunedTransformerEncoder"),  # then PrunedTransformerDecoder blocks
+    "gpt2": (26368, 18016, "PrunedTransformerDecoder", "PrunedTransformerDecoder"),
+    "opt": (26368, 18016, "PrunedTransformerDecoder", "PrunedTransformerDecoder"),
+    "bert": (27488, 19136, "PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "roberta": (26368, 18016, "PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "distil_bert": (26368, 18016, "PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "xlm_roberta": (26368, 18016, "PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "electra": (23360, 15008, "PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "bart": (53120, 32224, "PrunedTransformerDecoder, PrunedTransformerEncoder", "PrunedTransformerEncoder"),
+    "whisper": (57600, 36800, "PrunedWhisperDecoder, PrunedWhisperEncoder", "PrunedWhisperEncoder"),
 }
 
 
@@ -145,7 +141,7 @@ def _blocks(model):
 
 @pytest.mark.parametrize("name", list(FUNCTIONAL))
 def test_backbones_deriving_head_size_lose_heads_as_a_functional_model(name):
-    before, after, block_class = FUNCTIONAL[name]
+    before, after, block_classes, block_class = FUNCTIONAL[name]
     model = BACKBONES[name]()
     x = sample_inputs(model)
     assert model.count_params() == before
@@ -157,7 +153,7 @@ def test_backbones_deriving_head_size_lose_heads_as_a_functional_model(name):
     assert lines[len(plan.hub[0].site.blocks)] == (
         f"{cls}: becomes a functional keras.Model with the same inputs, outputs and layer names, not a {cls} "
         f"({cls} derives the head size from hidden_dim // num_heads, so it cannot hold fewer heads of the same "
-        f"size; its blocks become keras-prune's {'PrunedTransformerDecoder, ' if name == 'bart' else ''}{block_class})"
+        f"size; its blocks become keras-prune's {block_classes})"
     )
     small = _check_zero_units_keep_outputs(model, x, plan)
     assert type(small) is keras.Model or type(small).__name__ == "Functional"
@@ -175,6 +171,144 @@ def test_backbones_deriving_head_size_lose_heads_as_a_functional_model(name):
             if attention is not None:
                 assert attention.query_dense.kernel.shape == (32, 2, 8)
                 assert attention.output_dense.kernel.shape == (2, 8, 32)
+
+
+def _llama3_scaled():
+    return keras_hub.models.Llama3Backbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+        intermediate_dim=64, rope_max_wavelength=500, rope_position_scaling_factor=2.0,
+        rope_frequency_adjustment_factor=8.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+        rope_pretraining_sequence_length=8,
+    )
+
+
+def _qwen_sliding():
+    return keras_hub.models.QwenBackbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+        intermediate_dim=64, use_sliding_window_attention=True, sliding_window_size=4,
+    )
+
+
+def _phi3_su():
+    return keras_hub.models.Phi3Backbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=4, num_key_value_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=64, pretraining_sequence_length=32, rope_scaling_type="su",
+        rope_scaling_short_factor=[1.0, 1.1, 1.2, 1.3], rope_scaling_long_factor=[2.0, 2.1, 2.2, 2.3],
+    )
+
+
+def _llama(heads, kv_heads):
+    return keras_hub.models.LlamaBackbone(
+        vocabulary_size=256, num_layers=2, num_query_heads=heads, num_key_value_heads=kv_heads, hidden_dim=32,
+        intermediate_dim=64,
+    )
+
+
+# Grouped-query backbones that derive the head size from hidden_dim // num_query_heads:
+# name -> (backbone, params before, after prune 0.5, keras-prune block, attention attribute,
+# projection attributes (query, key, output), block constructor arguments that must survive).
+GQA_FUNCTIONAL = {
+    "llama": (BACKBONES["llama"], 34976, 26784, "PrunedLlamaDecoder", "_self_attention_layer",
+              ("_query_dense", "_key_dense", "_output_dense"), {}),
+    "llama3": (_llama3_scaled, 34976, 26784, "PrunedLlamaDecoder", "_self_attention_layer",
+               ("_query_dense", "_key_dense", "_output_dense"),
+               {"rope_max_wavelength": 500, "rope_position_scaling_factor": 2.0,
+                "rope_frequency_adjustment_factor": 8.0, "rope_pretraining_sequence_length": 8}),
+    "qwen": (BACKBONES["qwen"], 26912, 18688, "PrunedQwenDecoder", "_self_attention_layer",
+             ("_query_dense", "_key_dense", "_output_dense"), {}),
+    "qwen_sliding": (_qwen_sliding, 26912, 18688, "PrunedQwenDecoder", "_self_attention_layer",
+                     ("_query_dense", "_key_dense", "_output_dense"),
+                     {"use_sliding_window_attention": True, "sliding_window_size": 4}),
+    "phi3": (BACKBONES["phi3"], 34976, 26784, "PrunedPhi3Decoder", "attention",
+             ("query_dense", "key_dense", "output_dense"), {}),
+}
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("name", list(GQA_FUNCTIONAL))
+def test_grouped_query_backbones_deriving_head_size_lose_heads_as_a_functional_model(name, tmp_path):
+    build, before, after, block_class, attribute, (query, key, output), kept_args = GQA_FUNCTIONAL[name]
+    model = build()
+    x = sample_inputs(model)
+    assert model.count_params() == before
+    plan = plan_channels(model, 0.5)
+    keep = plan.hub[0].query_keep["transformer_layer_0/" + ("attention" if name == "phi3" else "self_attention")]
+    assert keep.reshape(2, 2).sum(axis=1).tolist() == [1, 1]  # one query head left in each group
+    lines = plan.summary().splitlines()
+    cls = type(model).__name__
+    assert lines == [
+        "transformer_layer_0: heads 4 -> 2 (key/value heads 2 -> 2), ffn 64 -> 32",
+        "transformer_layer_1: heads 4 -> 2 (key/value heads 2 -> 2), ffn 64 -> 32",
+        f"{cls}: becomes a functional keras.Model with the same inputs, outputs and layer names, not a {cls} "
+        f"({cls} derives the head size from hidden_dim // num_query_heads, so it cannot hold fewer heads of the "
+        f"same size; its blocks become keras-prune's {block_class})",
+    ]
+    small = _check_zero_units_keep_outputs(model, x, plan)
+    assert not isinstance(small, keras_hub.models.Backbone)
+    assert small.name == model.name
+    assert [layer.name for layer in small.layers] == [layer.name for layer in model.layers]
+    assert small.count_params() == after
+    blocks = _blocks(small)
+    assert len(blocks) == 2
+    for block in blocks:
+        assert type(block).__name__ == block_class
+        assert (block.num_query_heads, block.num_key_value_heads, block.head_dim, block.intermediate_dim) == (
+            2, 2, 8, 32)
+        assert {k: getattr(block, k) for k in kept_args} == kept_args
+        attention = getattr(block, attribute)
+        assert (attention.num_query_heads, attention.num_key_value_heads, attention.num_key_value_groups) == (2, 2, 1)
+        assert attention._inv_norm_factor == pytest.approx(1 / np.sqrt(8))  # the original head size's scaling
+        assert getattr(attention, query).kernel.shape == (32, 2, 8)
+        assert getattr(attention, key).kernel.shape == (32, 2, 8)
+        assert getattr(attention, output).kernel.shape == (2, 8, 32)
+    expected = keras.ops.convert_to_numpy(small(x))
+    small.save(tmp_path / "small.keras")
+    loaded = keras.saving.load_model(tmp_path / "small.keras")  # no custom_objects
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), expected, atol=1e-6)
+    assert loaded.count_params() == after
+    assert type(_blocks(loaded)[0]).__name__ == block_class
+    assert {k: getattr(_blocks(loaded)[0], k) for k in kept_args} == kept_args
+
+
+@pytest.mark.core
+def test_grouped_query_functional_route_removes_heads_per_group_or_whole_groups():
+    wide = _llama(8, 2)  # 4 query heads of 4 per key/value head
+    x = sample_inputs(wide)
+    plan = plan_channels(wide, 0.0, heads=0.5)
+    keep = plan.hub[0].query_keep["transformer_layer_0/self_attention"]
+    assert keep.reshape(2, 4).sum(axis=1).tolist() == [2, 2]
+    small = _check_zero_units_keep_outputs(wide, x, plan)
+    attention = small.get_layer("transformer_layer_0")._self_attention_layer
+    assert attention._query_dense.kernel.shape == (32, 4, 4) and attention._key_dense.kernel.shape == (32, 2, 4)
+    assert attention._inv_norm_factor == pytest.approx(0.5)
+    assert small.count_params() == wide.count_params() - 2 * 2 * (32 * 4 * 4)
+
+    mha_like = _llama(4, 4)  # one query head per group: whole groups go
+    plan = plan_channels(mha_like, 0.0, heads=0.5)
+    assert plan.summary().splitlines()[0] == "transformer_layer_0: heads 4 -> 2, ffn 64 -> 64"
+    small = _check_zero_units_keep_outputs(mha_like, sample_inputs(mha_like), plan)
+    block = small.get_layer("transformer_layer_1")
+    assert (block.num_query_heads, block.num_key_value_heads, block.head_dim) == (2, 2, 8)
+    assert block._self_attention_layer._value_dense.kernel.shape == (32, 2, 8)
+    with pytest.raises(ValueError, match=r"key/value group of 'transformer_layer_0/self_attention'.*below 0\.75"):
+        plan_channels(_llama(4, 2), 0.5, heads=0.8)
+
+
+def test_phi3_with_su_scaled_rotary_embedding_keeps_its_heads_and_says_why():
+    model = _phi3_su()
+    x = sample_inputs(model)
+    plan = plan_channels(model, 0.5)
+    summary = plan.summary()
+    assert "transformer_layer_0: heads 4 -> 4 (key/value heads 2 -> 2), ffn 64 -> 32" in summary
+    assert ("Phi3Backbone: heads kept (Phi3Backbone derives the head size from hidden_dim // num_query_heads and "
+            "has no head_dim argument") in summary
+    assert "rope_scaling_type='su' rotary embedding is checked against hidden_dim // num_query_heads" in summary
+    small = _check_zero_units_keep_outputs(model, x, plan)
+    assert type(small) is keras_hub.models.Phi3Backbone
+    assert small.get_config()["intermediate_dim"] == 32
+    task = keras_hub.models.LlamaCausalLM(backbone=BACKBONES["llama"](), preprocessor=None)
+    assert "hidden_dim // num_query_heads, so with fewer heads it can only become a functional keras.Model, which " \
+        "the task LlamaCausalLM cannot hold" in plan_channels(task, 0.5).summary()
 
 
 def _fixed_lm(backbone, seq, head):

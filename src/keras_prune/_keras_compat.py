@@ -37,3 +37,22 @@ def untracked():
     from keras.src.utils.tracking import DotNotTrackScope
 
     return DotNotTrackScope()
+
+
+def replace_sublayer(layer, attribute: str, new) -> None:
+    """Sets ``layer.<attribute>`` to ``new`` in place of the sub-layer it holds, at that
+    sub-layer's position among the ones ``layer`` tracks (so weights keep their order and
+    save under the same attribute); the old sub-layer is no longer tracked. ``layer`` may
+    already be built (its state is unlocked for the swap, then locked again)."""
+    old = getattr(layer, attribute)
+    index = next(i for i, child in enumerate(layer._layers) if child is old)
+    tracker = layer._tracker
+    locked = tracker.locked
+    tracker.unlock()
+    try:
+        tracker.untrack(old)
+        setattr(layer, attribute, new)
+    finally:
+        tracker.locked = locked
+    layer._layers.remove(new)
+    layer._layers.insert(index, new)

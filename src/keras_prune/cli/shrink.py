@@ -148,7 +148,7 @@ def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | Non
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     plan = plan_channels(model, ratio, importance=args.importance, scope=args.scope,
                          round_to=args.round_to, exclude=exclude, calibration_data=calibration)
-    if not plan.removable_groups():
+    if not plan.removable_groups() and not any(hub.removes_anything() for hub in plan.hub):
         raise CLIError(f"'{args.model}' has no channels shrink can remove ({_reasons(plan)}). It needs a "
                        "Dense, Conv or attention layer that is neither the output nor --exclude'd.")
     small, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
@@ -159,6 +159,9 @@ def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | Non
     if checkpoint:  # a resumed model keeps the optimizer state its checkpoint holds
         fit_resumably(small, data, args, checkpoint, done)
     summary = plan.summary().splitlines()
+    if plan.hub:
+        summary.append("note: FLOPs count each KerasHub block as one operation per output value (its attention "
+                       "and FFN arithmetic is not counted), and latency runs inputs of unknown length at length 1")
     if args.fold_batchnorm:
         folds = foldable_batchnorms(small)
         small = fold_batchnorm(small)

@@ -7,8 +7,9 @@ class from its config with the smaller counts, and copy in the kept slice of eve
 The hidden (residual-stream) width never changes, so embeddings, norms and task heads keep
 their shapes.
 
-Backbones whose class derives the head size from ``hidden_dim // num_heads`` (GPT-2, OPT, BART
-and the BERT family, built from ``keras_hub.layers.TransformerEncoder``/``TransformerDecoder``)
+Backbones whose class derives the head size from ``hidden_dim // num_heads`` (GPT-2, OPT, BART,
+Whisper and the BERT family, built from ``keras_hub.layers.TransformerEncoder``/
+``TransformerDecoder``; Llama, Llama 3, Qwen and Phi-3 from ``hidden_dim // num_query_heads``)
 cannot be the same class with fewer heads of the same size. When they lose heads they are
 rebuilt as a functional ``keras.Model`` with the same inputs, outputs and layer names, whose
 blocks are keras-prune subclasses of the KerasHub blocks that take the head size as an
@@ -57,7 +58,8 @@ VERIFIED_HEADS = (
 # of keras-prune blocks (checked the same way).
 VERIFIED_FUNCTIONAL_HEADS = (
     "GPT2Backbone", "OPTBackbone", "BertBackbone", "RobertaBackbone", "DistilBertBackbone",
-    "XLMRobertaBackbone", "ElectraBackbone", "BartBackbone",
+    "XLMRobertaBackbone", "ElectraBackbone", "BartBackbone", "WhisperBackbone", "LlamaBackbone",
+    "Llama3Backbone", "QwenBackbone", "Phi3Backbone",
 )
 VERIFIED_FFN = (
     "GPT2Backbone", "OPTBackbone", "BertBackbone", "RobertaBackbone", "DistilBertBackbone",
@@ -193,7 +195,8 @@ def describe(backbone, path: str, task: str | None = None) -> HubBackbone:
     heads_reason = _heads_reason(name, config, blocks, heads_why)
     functional = None
     if heads_reason is not None and heads_reason.endswith(_NO_HEAD_DIM):
-        heads_reason, functional = _functional_route(name, blocks, heads_reason, task)
+        key = next(k for k in HEAD_KEYS if k in config)
+        heads_reason, functional = _functional_route(name, key, blocks, heads_reason, task)
     ffn_reason, factor = _ffn_reason(name, config, blocks, ffn_why)
     return HubBackbone(path, backbone, tuple(blocks), heads_reason, ffn_reason, factor, functional)
 
@@ -229,9 +232,11 @@ def _heads_reason(name: str, config: dict, blocks: list[Block], refused: list[st
 _NO_HEAD_DIM = "so it cannot keep its head size with fewer heads"
 
 
-def _functional_route(name: str, blocks: list[Block], reason: str, task: str | None) -> tuple[str | None, str | None]:
-    """``(heads_reason, functional)`` for a backbone without a head_dim argument: heads go by
-    turning it into a functional model of keras-prune blocks, where that is verified."""
+def _functional_route(name: str, key: str, blocks: list[Block], reason: str,
+                      task: str | None) -> tuple[str | None, str | None]:
+    """``(heads_reason, functional)`` for a backbone without a head_dim argument (``key`` names
+    its head count): heads go by turning it into a functional model of keras-prune blocks,
+    where that is verified."""
     from keras_prune.structured.hub_layers import PRUNED_BLOCKS
 
     if name not in VERIFIED_FUNCTIONAL_HEADS:
@@ -239,15 +244,18 @@ def _functional_route(name: str, blocks: list[Block], reason: str, task: str | N
     kinds = {type(b.layer) for b in blocks}
     if not kinds <= set(PRUNED_BLOCKS):
         return reason, None
+    refused = next(((b, why) for b in blocks if (why := PRUNED_BLOCKS[type(b.layer)].refusal(b.layer))), None)
+    if refused is not None:
+        return f"{reason}, and '{refused[0].path}' cannot take another head size: {refused[1]}", None
     if task is not None:
         return (
-            f"{name} derives the head size from hidden_dim // num_heads, so with fewer heads it can "
+            f"{name} derives the head size from hidden_dim // {key}, so with fewer heads it can "
             f"only become a functional keras.Model, which the task {task} cannot hold (prune the "
             "backbone on its own or inside your own functional model to remove heads)"
         ), None
     used = ", ".join(sorted(PRUNED_BLOCKS[k].__name__ for k in kinds))
     return None, (
-        f"{name} derives the head size from hidden_dim // num_heads, so it cannot hold fewer heads "
+        f"{name} derives the head size from hidden_dim // {key}, so it cannot hold fewer heads "
         f"of the same size; its blocks become keras-prune's {used}"
     )
 
@@ -572,16 +580,19 @@ def _rebuild_functional(plan: HubPlan) -> keras.Model:
     def clone(operation):
         if not isinstance(operation, keras.layers.Layer):
             return operation  # a stateless operation (keras.ops on symbolic tensors)
-        config = operation.get_config()
         block = blocks.get(id(operation))
         if block is None:
-            new = type(operation).from_config(config)
+            new = type(operation).from_config(operation.get_config())
         else:
             attention = block.attentions[0]
-            config.update(num_heads=int(plan.query_keep[attention.path].sum()), head_dim=attention.head_dim)
+            pruned = PRUNED_BLOCKS[type(operation)]
+            config = pruned.pruned_config(
+                operation, num_heads=int(plan.query_keep[attention.path].sum()),
+                num_kv_heads=int(plan.kv_keep[attention.path].sum()), head_dim=attention.head_dim,
+            )
             if block.ffn is not None:
                 config[FFN_KEY] = int(plan.ffn_keep[block.path].sum()) * plan.site.ffn_factor
-            new = PRUNED_BLOCKS[type(operation)].from_config(config)
+            new = pruned.from_config(config)
         pairs.append((operation, new))
         return new
 
@@ -638,7 +649,10 @@ def matching_layers(old, new) -> dict[int, object]:
 
 # -- loading without keras-hub imported -------------------------------------------------------
 
-_HUB_LAYERS = ("PrunedTransformerEncoder", "PrunedTransformerDecoder")
+_HUB_LAYERS = (
+    "PrunedTransformerEncoder", "PrunedTransformerDecoder", "PrunedWhisperEncoder", "PrunedWhisperDecoder",
+    "PrunedLlamaDecoder", "PrunedQwenDecoder", "PrunedPhi3Decoder",
+)
 
 
 class _Placeholder:
