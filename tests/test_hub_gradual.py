@@ -14,9 +14,10 @@ import pytest
 pytest.importorskip("keras_hub")
 
 import keras_prune as kp  # noqa: E402  (after the importorskip)
+from keras_prune.handlers import input_axis  # noqa: E402
 from keras_prune.masks import prune_count  # noqa: E402
 
-from hub_backbones import BACKBONES, kernels, sample_inputs, zeros  # noqa: E402
+from hub_backbones import BACKBONES, KERNEL_LAYERS, kernels, sample_inputs, zeros  # noqa: E402
 
 # A few families, run on every backend; the rest on TensorFlow only, to keep the suite short.
 CORE = ("bert", "gpt2", "llama", "gemma", "vit")
@@ -67,3 +68,28 @@ def test_gradual_pruning_reaches_every_kernel_of_a_hub_backbone(name, tmp_path):
     assert type(stripped) is type(model) and as_saved(stripped.get_config()) == as_saved(config)
     outputs = keras.tree.flatten(stripped(inputs))
     assert all(np.isfinite(keras.ops.convert_to_numpy(out)).all() for out in outputs)
+
+
+def two_of_four_along_input_axis(layer):
+    """Whether every group of 4 consecutive kernel weights along the axis ``layer`` sums over holds 2 zeros."""
+    kernel = keras.ops.convert_to_numpy(layer.kernel)
+    moved = np.moveaxis(kernel, input_axis(layer, layer.kernel), -1)
+    groups = moved[..., : moved.shape[-1] // 4 * 4].reshape(-1, 4)
+    return bool(np.all((groups == 0).sum(axis=1) >= 2))
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("gradual", [True, False], ids=["gradual", "one-shot"])
+def test_two_four_groups_run_along_the_axis_each_kernel_sums_over(gradual):
+    model = BACKBONES["gpt2"]()
+    if gradual:
+        pruned = kp.prune_low_magnitude(model, sparsity_m_by_n=(2, 4))
+        train_a_few_steps(pruned, sample_inputs(model))
+    else:
+        kp.magnitude_prune(model, sparsity_m_by_n=(2, 4))
+    attention = model.get_layer("transformer_layer_0")._self_attention_layer
+    query, output = attention._query_dense, attention._output_dense
+    assert input_axis(query, query.kernel) == 0  # (hidden, heads, head size) sums over hidden
+    assert input_axis(output, output.kernel) == 1  # (heads, head size, hidden): the last summed axis
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, KERNEL_LAYERS)]
+    assert len(layers) == 12 and all(two_of_four_along_input_axis(layer) for layer in layers)

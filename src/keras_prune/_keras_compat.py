@@ -56,3 +56,13 @@ def replace_sublayer(layer, attribute: str, new) -> None:
         tracker.locked = locked
     layer._layers.remove(new)
     layer._layers.insert(index, new)
+
+
+def all_layers(layer) -> list:
+    """``layer`` and every layer inside it, at any depth, each once."""
+    return list(layer._flatten_layers(include_self=True, recursive=True))
+
+
+def own_variables(layer) -> list:
+    """The variables ``layer`` created itself (not those of its sub-layers)."""
+    return list(layer._trainable_variables) + list(layer._non_trainable_variables)

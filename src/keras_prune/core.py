@@ -117,8 +117,11 @@ class PruningState:
         self._masks: list = []
         self._thresholds: list = []
 
-    def create_state(self, weights: list) -> None:
-        """Creates the step counter and a mask and threshold per weight (in this order, for saving)."""
+    def create_state(self, weights: list, input_axes: list[int]) -> None:
+        """Creates the step counter and a mask and threshold per weight (in this order, for saving).
+
+        ``input_axes`` are the weights' input axes, along which N:M patterns group them.
+        """
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -135,6 +138,7 @@ class PruningState:
             ))
         with untracked():  # the pruned layer owns these variables; this state only points at them
             self._pruned = list(weights)
+            self._input_axes = list(input_axes)
         for weight in weights:
             weight._keras_prune_state = self  # so pruning it again, or one-shot, can refuse
         if constraints_hold_masks():
@@ -236,8 +240,8 @@ class PruningState:
     def compute_masks(self, sparsity: float, scores: list[np.ndarray]) -> list[np.ndarray]:
         """Masks for ``sparsity`` under this state's pattern, one per weight (each ranked alone)."""
         return [
-            masks.pattern_mask(score, sparsity, self.block_size, self.block_pooling_type, self.sparsity_m_by_n)
-            for score in scores
+            masks.pattern_mask(score, sparsity, self.block_size, self.block_pooling_type, self.sparsity_m_by_n, axis)
+            for score, axis in zip(scores, self._input_axes)
         ]
 
     def assign_masks(self, keep: list[np.ndarray], values: list[np.ndarray] | None = None) -> None:

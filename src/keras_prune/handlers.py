@@ -40,7 +40,8 @@ from typing import Any
 import keras
 from keras import layers
 
-from keras_prune import registry
+from keras_prune import masks, registry
+from keras_prune._keras_compat import all_layers, own_variables
 
 # How the channel graph traces a layer whose channels do not simply flow from its input rows
 # ("in") to its output units ("out"): the routines of keras_prune.structured.graph.
@@ -89,9 +90,10 @@ class LayerHandler:
     flops: Callable[[keras.layers.Layer, list, list], int] | None = None
     fold_kernels: int = 0
     trace: str | None = None
+    input_axis: Callable[[keras.layers.Layer, Any], int | None] | None = None
 
     def __post_init__(self) -> None:
-        for field in ("prunable", "flops"):
+        for field in ("prunable", "flops", "input_axis"):
             value = getattr(self, field)
             if value is not None and not callable(value):
                 raise TypeError(
@@ -384,6 +386,42 @@ def _nd(name: str, dims=(1, 2, 3)) -> list[type]:
 _EMBEDDING = LayerHandler(prunable=_embedding, channel_axes={"embeddings": (None, "out")},
                           width_key="output_dim", flops=_free)
 
+
+def _einsum_input_axis(layer, variable) -> int | None:
+    """The last kernel axis the equation sums over (``"abc,cde->abde"``: ``c`` and ``d``... of the
+    kernel ``cde``, those also in the input and not in the output); ``None`` for other weights."""
+    if variable is not getattr(layer, "kernel", None):
+        return None
+    inputs, output = layer.equation.split("->")
+    source, kernel = (part.strip() for part in inputs.split(","))
+    summed = [i for i, letter in enumerate(kernel) if letter in source and letter not in output]
+    return summed[-1] if summed else None
+
+
+def input_axis(layer: keras.layers.Layer, variable) -> int:
+    """The axis of ``variable`` (a weight of ``layer``) that ``layer`` sums its inputs over.
+
+    N:M patterns group weights along it, so the zeros fall where sparse matrix hardware
+    needs them. The handler's ``input_axis`` decides (an EinsumDense query kernel
+    ``(hidden, heads, head_size)`` sums over ``hidden``, axis 0); by default the
+    second-to-last axis, as in Dense ``(in, out)`` and Conv ``(..., in, out)`` kernels.
+    """
+    handler = handler_for(layer)
+    axis = handler.input_axis(layer, variable) if handler is not None and handler.input_axis else None
+    return masks.default_input_axis(len(variable.shape)) if axis is None else axis
+
+
+def input_axes(root: keras.layers.Layer, variables: Sequence) -> list[int]:
+    """:func:`input_axis` of each of ``variables``, found among the layers inside ``root``."""
+    owners = {}
+    for layer in all_layers(root):
+        for variable in own_variables(layer):
+            owners.setdefault(id(variable), layer)
+    return [
+        input_axis(owners[id(v)], v) if id(v) in owners else masks.default_input_axis(len(v.shape))
+        for v in variables
+    ]
+
 _register_all([layers.Permute, layers.RepeatVector], LayerHandler(flops=_free))
 register_handler(layers.InputLayer, LayerHandler(trace="input", flops=_free))
 register_handler(layers.Flatten, LayerHandler(trace="flatten", flops=_free))
@@ -419,7 +457,7 @@ register_handler(layers.Dense, LayerHandler(
     prunable=_kernel, channel_axes={"kernel": ("in", "out"), "bias": ("out",)}, width_key="units",
     flops=_dense_flops, fold_kernels=1,
 ))
-register_handler(layers.EinsumDense, LayerHandler(prunable=_kernel))
+register_handler(layers.EinsumDense, LayerHandler(prunable=_kernel, input_axis=_einsum_input_axis))
 _register_all(_nd("Conv{}D"), LayerHandler(
     prunable=_kernel, trace="conv", channel_axes=_conv_axes, width_key="filters",
     flops=_conv_flops, fold_kernels=1,

@@ -180,11 +180,12 @@ def block_mask(
     return keep[:rows, :cols].reshape(np.shape(scores))
 
 
-def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int]) -> np.ndarray:
+def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int], axis: int | None = None) -> np.ndarray:
     """Prunes the ``m`` lowest of every ``n`` consecutive weights along the input axis.
 
-    The input axis is the second-to-last axis (Dense ``(in, out)``, Conv ``(..., in, out)``),
-    or the only axis of a vector. A last, shorter group of ``g`` weights prunes
+    The input axis is the axis the layer sums its inputs over: ``axis`` if given (an
+    EinsumDense kernel, see :func:`keras_prune.handlers.input_axis`), else the second-to-last
+    axis (Dense ``(in, out)``, Conv ``(..., in, out)``), or the only axis of a vector. A last, shorter group of ``g`` weights prunes
     ``floor(m * g / n)`` of them, so a layer with fewer than ``n`` inputs is not emptied.
 
     Example:
@@ -193,7 +194,7 @@ def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int]) -> np.ndarray:
     """
     m, n = m_by_n
     scores = np.asarray(scores)
-    axis = scores.ndim - 2 if scores.ndim >= 2 else 0
+    axis = default_input_axis(scores.ndim) if axis is None else axis
     moved = np.moveaxis(scores, axis, -1)
     length = moved.shape[-1]
     full = (length // n) * n
@@ -214,10 +215,16 @@ def m_by_n_mask(scores: np.ndarray, m_by_n: tuple[int, int]) -> np.ndarray:
     return np.moveaxis(keep, -1, axis)
 
 
+def default_input_axis(ndim: int) -> int:
+    """The axis a kernel of rank ``ndim`` sums its inputs over, unless its layer says otherwise."""
+    return ndim - 2 if ndim >= 2 else 0
+
+
 def pattern_misfit(
     shape: Sequence[int],
     block_size: tuple[int, int] = (1, 1),
     m_by_n: tuple[int, int] | None = None,
+    axis: int | None = None,
 ) -> str | None:
     """Why a validated pattern cannot prune a weight of ``shape`` as asked, or ``None`` if it can.
 
@@ -233,15 +240,15 @@ def pattern_misfit(
     """
     shape = tuple(int(d) for d in shape)
     if m_by_n is not None:
-        return _m_by_n_misfit(shape, m_by_n)
+        return _m_by_n_misfit(shape, m_by_n, default_input_axis(len(shape)) if axis is None else axis)
     if tuple(block_size) != (1, 1):
         return _block_misfit(shape, block_size)
     return None
 
 
-def _m_by_n_misfit(shape: tuple[int, ...], m_by_n: tuple[int, int]) -> str | None:
+def _m_by_n_misfit(shape: tuple[int, ...], m_by_n: tuple[int, int], axis: int) -> str | None:
     m, n = m_by_n
-    length = shape[-2] if len(shape) >= 2 else (shape[0] if shape else 1)
+    length = shape[axis] if shape else 1
     if length >= n:
         return None
     pruned = (m * length) // n  # what m_by_n_mask prunes in a short group
@@ -306,15 +313,17 @@ def pattern_mask(
     block_size: tuple[int, int] = (1, 1),
     pooling: str = "AVG",
     m_by_n: tuple[int, int] | None = None,
+    axis: int | None = None,
 ) -> np.ndarray:
-    """The mask for one tensor under a validated pattern (N:M ignores ``sparsity``).
+    """The mask for one tensor under a validated pattern (N:M ignores ``sparsity``; ``axis`` is
+    its input axis, see :func:`m_by_n_mask`).
 
     Example:
         >>> pattern_mask(np.arange(8.0), 0.25).astype(int).tolist()
         [0, 0, 1, 1, 1, 1, 1, 1]
     """
     if m_by_n is not None:
-        return m_by_n_mask(scores, m_by_n)
+        return m_by_n_mask(scores, m_by_n, axis)
     check_sparsity("sparsity", sparsity)
     if tuple(block_size) != (1, 1):
         return block_mask(scores, sparsity, block_size, pooling)

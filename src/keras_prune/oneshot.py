@@ -23,6 +23,7 @@ from keras_prune._validation import check_choice, check_sparsity
 from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
 from keras_prune.core import PruningState, pruning_state_of
 from keras_prune.criteria import magnitude
+from keras_prune.handlers import input_axes
 from keras_prune.masks import (
     check_pattern,
     global_sparsity_masks,
@@ -95,7 +96,9 @@ def magnitude_prune(
         0.8
     """
     settings = _check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n)
-    notes = pattern_warnings(select_weights(model, layers), settings["block_size"], settings["sparsity_m_by_n"])
+    selected = select_weights(model, layers)
+    axes = input_axes(model, [variable for _, variable in selected])
+    notes = pattern_warnings(selected, settings["block_size"], settings["sparsity_m_by_n"], axes=axes)
     if not inplace:
         model = copy_model(model)
     plan = plan_masks(model, **settings)
@@ -307,6 +310,7 @@ def pattern_warnings(
     sparsity_m_by_n: tuple[int, int] | None = None,
     *,
     require_fit: bool = True,
+    axes: list[int] | None = None,
 ) -> list[LayerWarning]:
     """One warning per selected weight the pattern does not fit; raises if it fits none.
 
@@ -316,14 +320,17 @@ def pattern_warnings(
         sparsity_m_by_n: a validated ``(m, n)``, or ``None``.
         require_fit: raise when the pattern fits none of ``selected``; ``False`` when more
             weights, not known yet, will be pruned too.
+        axes: the input axis of each selected weight (see :func:`keras_prune.handlers.input_axes`),
+            along which N:M groups weights; by default the second-to-last.
 
     Raises:
         ValueError: the pattern fits none of the selected weights, so it would not prune
             any of them as asked.
     """
     misfits = []
-    for path, variable in selected:
-        reason = pattern_misfit(tuple(variable.shape), block_size, sparsity_m_by_n)
+    axes = axes or [None] * len(selected)
+    for (path, variable), axis in zip(selected, axes):
+        reason = pattern_misfit(tuple(variable.shape), block_size, sparsity_m_by_n, axis)
         if reason is not None:
             misfits.append((path, variable, reason))
     if require_fit and misfits and len(misfits) == len(selected):
@@ -398,7 +405,8 @@ def plan_masks(
             weight is NaN or infinite.
     """
     selected = select_weights(model, layer_filter)
-    pattern_warnings(selected, block_size, sparsity_m_by_n)  # raises if the pattern fits nothing
+    axes = input_axes(model, [variable for _, variable in selected])
+    pattern_warnings(selected, block_size, sparsity_m_by_n, axes=axes)  # raises if the pattern fits nothing
     values = []
     for path, variable in selected:
         array = np.asarray(keras.ops.convert_to_numpy(variable))
@@ -415,7 +423,7 @@ def plan_masks(
         masks = global_sparsity_masks(scores, sparsity)
     else:
         masks = [
-            pattern_mask(s, sparsity or 0.0, block_size, "AVG", sparsity_m_by_n) for s in scores
+            pattern_mask(s, sparsity or 0.0, block_size, "AVG", sparsity_m_by_n, axis) for s, axis in zip(scores, axes)
         ]
     return {
         (path, variable.path): (variable, keep)

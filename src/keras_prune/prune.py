@@ -16,6 +16,7 @@ from keras_prune import masks, registry
 from keras_prune.callbacks import collect_pruning
 from keras_prune.compat.wrapping import PruningPolicy, unwrap_model, wrap_model
 from keras_prune.core import PruningState, check_schedule, check_scope, pruning_state_of
+from keras_prune.handlers import input_axes
 from keras_prune.oneshot import LayerFilter, _check_layer_filter, pattern_warnings, select_weights
 from keras_prune.pruned_model import PrunedModel
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
@@ -90,7 +91,7 @@ def prune_low_magnitude(
         _check_unpruned(to_prune)
         if not to_prune.built:  # layers are chosen when it is built
             return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
-        _check_pattern_fit(select_weights(to_prune, layers), block, m_by_n, built_all=True)
+        _check_pattern_fit(to_prune, select_weights(to_prune, layers), block, m_by_n, built_all=True)
         return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
     if layers is not None:
         raise ValueError(
@@ -111,8 +112,10 @@ def wrap_layers(to_prune, schedule: PruningSchedule, pruning_policy: PruningPoli
         return PruneLowMagnitude(layer, schedule, **settings)
 
     def check_fit(targets):
-        weights = [(path, w) for path, layer in targets if layer.built for w in registry.prunable_weights(layer)]
-        _check_pattern_fit(weights, block, m_by_n, built_all=all(layer.built for _, layer in targets))
+        built = [(path, layer, registry.prunable_weights(layer)) for path, layer in targets if layer.built]
+        weights = [(path, w) for path, _, own in built for w in own]
+        axes = [axis for _, layer, own in built for axis in input_axes(layer, own)]
+        _check_pattern_fit(None, weights, block, m_by_n, built_all=len(built) == len(targets), axes=axes)
 
     if isinstance(to_prune, (list, tuple)):
         for layer in to_prune:
@@ -145,15 +148,17 @@ def _check_unpruned(model: keras.Model) -> None:
         )
 
 
-def _check_pattern_fit(weights: list, block, m_by_n, built_all: bool) -> None:
-    """Warns for each ``(path, weight)`` the pattern does not fit; raises if it fits none.
+def _check_pattern_fit(root, weights: list, block, m_by_n, built_all: bool, axes=None) -> None:
+    """Warns for each ``(path, weight)`` of ``root`` the pattern does not fit; raises if it fits none.
 
     Unbuilt layers get their weights' shapes only later, so while some are unbuilt
     (``built_all`` false) a pattern that fits none of the built ones only warns.
     """
     if tuple(block) == (1, 1) and m_by_n is None:
         return
-    for note in pattern_warnings(weights, block, m_by_n, require_fit=built_all):
+    if axes is None:
+        axes = input_axes(root, [w for _, w in weights])
+    for note in pattern_warnings(weights, block, m_by_n, require_fit=built_all, axes=axes):
         warnings.warn(f"Layer '{note.layer}': {note.message}.", UserWarning, stacklevel=4)
 
 

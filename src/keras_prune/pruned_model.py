@@ -20,6 +20,7 @@ import keras
 
 from keras_prune._keras_compat import untracked
 from keras_prune.core import PACKAGE, PruningState
+from keras_prune.handlers import input_axes
 from keras_prune.oneshot import LayerFilter, select_weights
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.traversal import unique_path, weight_sites
@@ -101,7 +102,8 @@ class PrunedModel(PruningState, keras.Model):
         with untracked():
             self._weight_paths = [path for path, _ in selected]
         self.pruned_layers = list(dict.fromkeys(self._weight_paths))
-        self.create_state([weight for _, weight in selected])
+        weights = [weight for _, weight in selected]
+        self.create_state(weights, input_axes(self.layer, weights))
 
     def pruned_weights(self) -> list[tuple[str, keras.Variable]]:
         """``(layer path, variable)`` for each pruned weight, in the order of :meth:`masks`."""

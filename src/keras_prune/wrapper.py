@@ -13,6 +13,7 @@ import keras
 
 from keras_prune import registry
 from keras_prune.core import PACKAGE, PruningState
+from keras_prune.handlers import input_axes
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 
 
@@ -78,7 +79,7 @@ class PruneLowMagnitude(PruningState, keras.layers.Wrapper):
         weights = registry.prunable_weights(self.layer)
         if not weights:
             raise ValueError(f"Layer '{self.layer.name}' ({type(self.layer).__name__}) has no prunable weights.")
-        self.create_state(weights)
+        self.create_state(weights, input_axes(self.layer, weights))
 
     def call(self, inputs, *args, training=None, **kwargs):
         return self.pruned_call(inputs, *args, training=training, **kwargs)
