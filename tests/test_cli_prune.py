@@ -65,17 +65,17 @@ def test_prune_global_threshold_pattern_and_report(capsys, tmp_path, model_file)
     data = json.loads(report.read_text())
     assert data["settings"]["scope"] == "global" and data["totals"]["sparsity"] == pytest.approx(0.5, abs=0.01)
     out = tmp_path / "t.keras"
-    assert run_cli(capsys, "prune", model_file, "-o", out, "--threshold", "0.1", "--include", "hidden")[0] == 0
+    assert run_cli(capsys, "prune", model_file, "-o", out, "--threshold", "0.1", "--layers", "hidden")[0] == 0
     hidden = kernel(out, "hidden")
     assert np.abs(hidden[hidden != 0]).min() > 0.1 and np.count_nonzero(kernel(out, "conv") == 0) == 0
     out = tmp_path / "nm.keras"
-    code, stdout, _ = run_cli(capsys, "prune", model_file, "-o", out, "--pattern", "2:4", "--include", "hidden")
+    code, stdout, _ = run_cli(capsys, "prune", model_file, "-o", out, "--pattern", "2:4", "--layers", "hidden")
     assert code == 0 and "2:4" in stdout
     groups = (kernel(out, "hidden") == 0).T.reshape(-1, 4)
     assert (groups.sum(axis=1) == 2).all()
     out = tmp_path / "b.keras"
     code, stdout, _ = run_cli(capsys, "prune", model_file, "-o", out, "--sparsity", "0.5", "--pattern", "block:4x4",
-                          "--include", "hidden")
+                          "--layers", "hidden")
     assert code == 0 and "block 4x4" in stdout
 
 
@@ -110,8 +110,8 @@ BAD_PRUNE_ARGUMENTS = [
     (["--pattern", "4:2"], ["0 < M < N"]),
     (["--pattern", "zigzag"], ["--pattern must be unstructured"]),
     (["--pattern", "2:4", "--sparsity", "0.5"], ["drop --sparsity"]),
-    (["--sparsity", "0.5", "--include", "("], ["--layers is not a valid regular expression"]),
-    (["--sparsity", "0.5", "--include", "nothing"], ["--layers matches no layer", "nothing"]),
+    (["--sparsity", "0.5", "--layers", "("], ["--layers is not a valid regular expression"]),
+    (["--sparsity", "0.5", "--include", "nothing"], ["--layers matches no layer", "nothing"]),  # the earlier name of --layers
     (["--sparsity", "0.5", "--scope", "global", "--pattern", "block:2x2"], ["scope='layer'"]),
 ]
 
@@ -159,7 +159,7 @@ def test_unsupported_layer_is_left_dense_and_named_and_refused_when_included_alo
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="d"), Scale(name="scale")])
     model.save(tmp_path / "custom.keras")
     out = tmp_path / "out.keras"
-    code, _, err = run_cli(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5", "--include", "scale")
+    code, _, err = run_cli(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5", "--layers", "scale")
     assert_one_line_failure(code, err, "'scale'", "PrunableLayer", "--exclude")
     assert not out.exists()
     code, stdout, _ = run_cli(capsys, "prune", tmp_path / "custom.keras", "-o", out, "--sparsity", "0.5")

@@ -1,6 +1,6 @@
 """A run that would change nothing is an error; a layer it cannot prune as asked is a warning.
 
-Covers selections that match nothing (`layers`, `pruning_policy`, --include/--exclude), models
+Covers selections that match nothing (`layers`, `pruning_policy`, --layers/--exclude), models
 with nothing to prune, and patterns that do not fit a weight (N:M on an input axis shorter than
 N, blocks larger than the weight), for one-shot, iterative and gradual pruning and the CLI.
 """

@@ -179,7 +179,7 @@ class PrunableScale(Scale, PrunableLayer):
 def test_unsupported_custom_layer_is_left_dense_and_named_unless_selected_alone():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="d"), Scale(name="scale")])
     for selection in ("scale", ["scale"], lambda layer: layer.name == "scale"):
-        with pytest.raises(UnsupportedLayerError, match="'scale'.*holds weights.*PrunableLayer.*--include"):
+        with pytest.raises(UnsupportedLayerError, match="'scale'.*holds weights.*PrunableLayer.*--layers"):
             magnitude_prune(model, sparsity=0.5, layers=selection)
     assert zeros(kernel(model, "d")) == 0
     report = magnitude_prune(model, sparsity=0.5)

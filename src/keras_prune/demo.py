@@ -2,7 +2,7 @@
 
 :func:`run_demo` trains LeNet-300-100 (784-300-100-10, ReLU) on the embedded MNIST subset,
 fine-tunes it while :class:`~keras_prune.schedules.PolynomialDecay` raises the sparsity of
-every Dense kernel to the target, strips the pruning wrappers and compares the dense and the
+every Dense kernel to the target, strips the pruning state and compares the dense and the
 pruned model: test accuracy, sparsity, and the bytes of their ``.keras`` files, raw and gzipped
 and in the compact ``.kpsparse`` format of :func:`keras_prune.export_sparse`.
 """

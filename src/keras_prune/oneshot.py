@@ -251,7 +251,7 @@ def _only_unknown(model: keras.Model, unknown: list[Site], layer_filter: LayerFi
     return (
         f"Argument `layers` selects only layers whose weights keras-prune does not know how to prune, "
         f"so nothing would be pruned: {found}, or select layers with prunable weights (CLI: "
-        f"--include/--exclude; `keras-prune inspect MODEL` lists them). Received: layers={layer_filter!r}"
+        f"--layers/--exclude; `keras-prune inspect MODEL` lists them). Received: layers={layer_filter!r}"
     )
 
 
@@ -361,7 +361,7 @@ def _no_fit_message(misfits, selected, block_size, sparsity_m_by_n) -> str:
         return (
             f"Argument `sparsity_m_by_n` fits none of the selected weights, so none would be "
             f"pruned {m}:{n}: {found}. Select layers with at least {n} weights along the input axis "
-            f"(argument `layers`, CLI --include/--exclude), or prune unstructured. "
+            f"(argument `layers`, CLI --layers/--exclude), or prune unstructured. "
             f"Received: sparsity_m_by_n={tuple(sparsity_m_by_n)!r}"
         )
     views = [matrix_shape(v.shape) for _, v in selected]

@@ -19,7 +19,7 @@ model passed (``"transformer_layer_0/self_attention/query"``), unlike ``layer.pa
 some layers lack and some models repeat. Paths are unique in a model (a repeated one gets
 ``#2``, ``#3``, ... in walk order) and do not change when it is saved and reloaded; the
 ``layers`` selections of :func:`keras_prune.magnitude_prune` and the CLI's
-``--include``/``--exclude`` match them (a ``layers`` regex or list also matches plain names).
+``--layers``/``--exclude`` match them (a ``layers`` regex or list also matches plain names).
 """
 
 from __future__ import annotations

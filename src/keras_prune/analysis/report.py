@@ -154,7 +154,7 @@ class PruningReport:
             ("compressed", f"{_human(t['compressed_bytes'])} ({t['compression']:.2f}x)", "right"),
         ]
         for header, footer, justify in columns:
-            # Paths are what --include/--exclude match: show them whole, wrapped if need be.
+            # Paths are what --layers/--exclude match: show them whole, wrapped if need be.
             overflow = "fold" if header == "layer" else "ellipsis"
             table.add_column(header, footer=footer, justify=justify, overflow=overflow)
         for row in self.layers:

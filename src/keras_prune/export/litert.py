@@ -167,7 +167,7 @@ def export_litert(
     written under a temporary name and renamed into place: a failure leaves no file.
 
     Args:
-        model: a Keras model (pruning wrappers are stripped first).
+        model: a Keras model (a model being pruned is stripped first).
         path: the output file, ``.tflite`` by convention.
         overwrite: replace ``path`` if it exists.
         sparse: apply ``tf.lite.Optimize.EXPERIMENTAL_SPARSITY`` (``False`` gives the plain

@@ -21,7 +21,7 @@ FORMATS = {
 
 
 def plain_copy(model: keras.Model) -> keras.Model:
-    """The model without pruning wrappers, optimizer or compile state (what gets shipped)."""
+    """The model without pruning state, optimizer or compile state (what gets shipped)."""
     model = _stripped(model)
     try:
         architecture = _architecture(model)

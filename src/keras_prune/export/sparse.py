@@ -30,7 +30,7 @@ def export_sparse(
     stripped first. The optimizer state and compile settings are not stored.
 
     Args:
-        model: a Sequential or functional Keras model (or one with pruning wrappers).
+        model: a Sequential or functional Keras model (or one being pruned).
         path: the output file; ``.kpsparse`` by convention.
         values: ``"float32"`` stores every value exactly (bit-exact round trip);
             ``"float16"`` halves float kernels; ``"int8"`` stores float kernels as int8 with
