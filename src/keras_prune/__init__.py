@@ -9,6 +9,7 @@ Example:
 """
 
 from keras_prune.analysis import PruningReport, summarize
+from keras_prune.calibrated import oneshot_prune
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
 from keras_prune.handlers import LayerHandler, register_handler
@@ -44,6 +45,7 @@ __all__ = [
     "load_sparse",
     "iterative_prune",
     "magnitude_prune",
+    "oneshot_prune",
     "prune_channels",
     "prune_low_magnitude",
     "register_handler",

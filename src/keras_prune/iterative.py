@@ -18,8 +18,8 @@ from keras_prune.analysis.report import PruningReport, summarize
 from keras_prune.callbacks import UpdatePruningStep
 from keras_prune.oneshot import (
     LayerFilter,
-    _check_arguments,
     _matches,
+    check_arguments,
     copy_model,
     magnitude_prune,
     pattern_warnings,
@@ -115,7 +115,7 @@ def iterative_prune(
         [0.54, 0.78, 0.9]
     """
     target_sparsity = _final_sparsity(sparsity, target_sparsity)
-    settings = _check_arguments(target_sparsity, None, scope, layers, block_size, None)
+    settings = check_arguments(target_sparsity, None, scope, layers, block_size, None)
     check_int("steps", steps, minimum=1)
     check_int("epochs_per_step", epochs_per_step, minimum=0)
     if max_drop is not None and not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):

@@ -95,7 +95,7 @@ def magnitude_prune(
         >>> round(report.totals["sparsity"], 2)
         0.8
     """
-    settings = _check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n)
+    settings = check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n)
     selected = select_weights(model, layers)
     axes = input_axes(model, [variable for _, variable in selected])
     notes = pattern_warnings(selected, settings["block_size"], settings["sparsity_m_by_n"], axes=axes)
@@ -113,7 +113,8 @@ def magnitude_prune(
     return report
 
 
-def _check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n) -> dict:
+def check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n) -> dict:
+    """Validates one-shot pruning arguments; returns them as :func:`plan_masks` keywords."""
     block, _, m_by_n = check_pattern(block_size, "AVG", sparsity_m_by_n)
     check_choice("scope", scope, SCOPES)
     given = [name for name, v in (("sparsity", sparsity), ("threshold", threshold)) if v is not None]

@@ -1,0 +1,265 @@
+"""Calibrated one-shot pruning: Wanda and SparseGPT from a few hundred examples, no training.
+
+:func:`oneshot_prune` plans like :func:`keras_prune.magnitude_prune` (same selection, same
+exact counts, same report), then prunes block by block in the order the model runs them:
+a KerasHub transformer layer (any layer in a ``transformer_layers`` list) is one block, any
+other linear layer its own. Each block is calibrated on the outputs of the blocks already
+pruned before it, and only its statistics are held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from rich.progress import track
+
+from keras_prune._keras_compat import all_layers, own_variables
+from keras_prune._validation import check_choice, check_int
+from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
+from keras_prune.calibration import InputStatistics, calibration_batches, call_order, forward, recording
+from keras_prune.criteria import Criterion, SparseGPT, Wanda
+from keras_prune.handlers import input_axes
+from keras_prune.linear_views import LinearView, linear_view
+from keras_prune.masks import zero_pruned
+from keras_prune.oneshot import (
+    LayerFilter,
+    check_arguments,
+    copy_model,
+    magnitude_prune,
+    pattern_warnings,
+    plan_masks,
+    select_weights,
+)
+
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def oneshot_prune(
+    model: keras.Model,
+    calibration_data: object = None,
+    *,
+    method: str = "sparsegpt",
+    sparsity: float | None = None,
+    sparsity_m_by_n: tuple[int, int] | None = None,
+    scope: str = "layer",
+    layers: LayerFilter = None,
+    samples: int = 128,
+    batch_size: int = 32,
+    damping: float = 0.01,
+    block_columns: int = 128,
+    inplace: bool = True,
+    progress: bool = False,
+) -> PruningReport:
+    """Prunes a trained model once, choosing weights from calibration data, without training.
+
+    Args:
+        model: a built Keras model.
+        calibration_data: examples the model accepts, batched: a NumPy array or a dict of
+            arrays (optionally as an ``(x, y)`` tuple; ``y`` is not used), a
+            ``tf.data.Dataset``, or an iterable of batches. Not needed for ``"magnitude"``.
+        method: ``"sparsegpt"`` (mask by optimal brain surgeon scores and reconstruct the kept
+            weights, see :class:`~keras_prune.criteria.SparseGPT`), ``"wanda"`` (``|w|`` times
+            the input's norm, compared per output unit) or ``"magnitude"`` (as
+            :func:`~keras_prune.magnitude_prune`).
+        sparsity: the fraction of each selected tensor to prune (exact count), in [0, 1).
+        sparsity_m_by_n: ``(m, n)`` prunes m of every n consecutive weights along the input
+            axis (``(2, 4)``, ``(4, 8)``), instead of ``sparsity``.
+        scope: ``"layer"``, or ``"global"``: each layer's count from one global magnitude
+            ranking of all selected weights, then the method layer by layer.
+        layers: which layers to prune, as in :func:`~keras_prune.magnitude_prune`.
+        samples: how many calibration examples to use.
+        batch_size: batch size for array calibration data.
+        damping: SparseGPT's dampening, a fraction of the Hessian's mean diagonal.
+        block_columns: SparseGPT's lazy block of features.
+        inplace: modify ``model``; if ``False``, prune a copy (``report.model``).
+        progress: show a progress bar over the blocks.
+
+    Returns:
+        A :class:`~keras_prune.PruningReport`. ``report.warnings`` names weights pruned by
+        magnitude because they are not a plain linear kernel (Embedding, grouped or transposed
+        convolutions, RNN kernels) or were never called on the calibration data, N:M
+        patterns that do not fit, Hessians dampened more than asked, and layers that saw
+        fewer calibration rows than they have inputs.
+
+    Raises:
+        ValueError, TypeError: bad arguments, calibration data the model does not accept, or
+            NaN/infinite weights or activations. The model is unchanged after any error.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((16,)), keras.layers.Dense(8, activation="relu"),
+        ...                           keras.layers.Dense(4)])
+        >>> x = np.random.default_rng(0).normal(size=(64, 16)).astype("float32")
+        >>> report = oneshot_prune(model, x, method="sparsegpt", sparsity=0.5)
+        >>> round(report.totals["sparsity"], 2), report.settings["samples"]
+        (0.5, 64)
+    """
+    check_choice("method", method, METHODS)
+    if method == "magnitude":
+        return magnitude_prune(model, sparsity=sparsity, scope=scope, layers=layers,
+                               sparsity_m_by_n=sparsity_m_by_n, inplace=inplace)
+    settings = check_arguments(sparsity, None, scope, layers, (1, 1), sparsity_m_by_n)
+    criterion = _criterion(method, damping, block_columns)
+    batches = calibration_batches(calibration_data, samples, batch_size)
+    if not inplace:
+        model = copy_model(model)
+    work = _plan(model, settings)
+    notes = work.notes + _probe(model, work, batches[0])
+    originals = {}
+    try:
+        for block in track(_blocks(model, work), description="Calibrating", disable=not progress,
+                           transient=True):
+            notes += _prune_block(model, block, criterion, batches, originals, work.m_by_n)
+        for target in work.targets:
+            if target.view is None or not target.calls:
+                values = keras.ops.convert_to_numpy(target.variable)
+                originals.setdefault(id(target.variable), (target.variable, values))
+                target.variable.assign(zero_pruned(values, target.fallback))
+    except BaseException:
+        for variable, values in originals.values():
+            variable.assign(values)
+        raise
+    used = sum(int(np.shape(keras.tree.flatten(b)[0])[0]) for b in batches)
+    return _report(model, settings, method, used, damping, work, notes, layers)
+
+
+def _criterion(method: str, damping: float, block_columns: int) -> Criterion:
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not (
+            math.isfinite(damping) and damping > 0):
+        raise ValueError(f"Argument `damping` must be a finite number > 0. Received: damping={damping!r}")
+    check_int("block_columns", block_columns, 1)
+    return {"wanda": Wanda(), "sparsegpt": SparseGPT(float(damping), block_columns)}[method]
+
+
+class _Target:
+    """One selected weight: its layer path, view, magnitude plan and call order."""
+
+    def __init__(self, path: str, variable, view: LinearView | None, fallback: np.ndarray, m_by_n_ok: bool):
+        self.path, self.variable, self.view, self.fallback = path, variable, view, fallback
+        self.count = int(np.size(fallback) - np.count_nonzero(fallback))
+        self.m_by_n_ok = m_by_n_ok
+        self.calls, self.first = 0, -1
+
+
+class _Work:
+    def __init__(self, targets: list[_Target], m_by_n, notes: list[LayerWarning]):
+        self.targets, self.m_by_n, self.notes = targets, m_by_n, notes
+
+
+def _plan(model: keras.Model, settings: dict) -> _Work:
+    """The magnitude plan (exact counts, global ranking, checks), and each weight's linear view."""
+    m_by_n = settings["sparsity_m_by_n"]
+    selected = select_weights(model, settings["layer_filter"])
+    axes = input_axes(model, [variable for _, variable in selected])
+    notes = pattern_warnings(selected, (1, 1), m_by_n, axes=axes)
+    plan = plan_masks(model, **{k: settings[k] for k in ("sparsity", "scope", "layer_filter", "sparsity_m_by_n")})
+    owners = {id(v): layer for layer in all_layers(model) for v in own_variables(layer)}
+    targets = []
+    for (path, variable), axis, (_, keep) in zip(selected, axes, plan.values()):
+        owner = owners.get(id(variable))
+        view = linear_view(owner, variable) if owner is not None else None
+        fits = m_by_n is None or _groups_align(variable, axis, m_by_n[1])
+        targets.append(_Target(path, variable, view, keep, fits))
+        if view is None:
+            notes.append(LayerWarning(path, f"{_name(variable)} is not a plain linear kernel; pruned by magnitude"))
+        elif not fits:
+            notes.append(LayerWarning(path, f"{_name(variable)}: N:M groups along its input axis are not "
+                                            "consecutive features; pruned by magnitude"))
+    return _Work(targets, m_by_n, notes)
+
+
+def _groups_align(variable, axis: int, n: int) -> bool:
+    """Whether N:M groups along ``axis`` are runs of ``n`` consecutive features of the view."""
+    shape = tuple(variable.shape)
+    folded = math.prod(shape[axis + 1:-1]) if axis < len(shape) - 1 else 1
+    return folded == 1 and (shape[axis] % n == 0 or math.prod(shape[:axis]) == 1)
+
+
+def _name(variable) -> str:
+    return f"{variable.name} {tuple(variable.shape)}"
+
+
+def _probe(model: keras.Model, work: _Work, batch) -> list[LayerWarning]:
+    """Runs one batch to check the data fits and learn the order and count of calls."""
+    viewed = [t for t in work.targets if t.view is not None]
+    layers = list({id(t.view.layer): t.view.layer for t in viewed}.values())
+    try:
+        order = dict(zip([id(layer) for layer in layers], call_order(model, layers, batch)))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(
+            f"Argument `calibration_data` does not fit model '{model.name}': calling the model on its "
+            f"first batch raised {type(error).__name__}: {error}"
+        ) from None
+    notes = []
+    for target in viewed:
+        target.calls, target.first = order[id(target.view.layer)]
+        if not target.calls:
+            notes.append(LayerWarning(target.path, "not called on the calibration data; pruned by magnitude"))
+    return notes
+
+
+def _blocks(model: keras.Model, work: _Work) -> list[list[_Target]]:
+    """Calibrated targets grouped into blocks (a transformer layer, or one layer), in call order."""
+    groups: dict[int, list[_Target]] = {}
+    containers = _transformer_layers(model)
+    for target in work.targets:
+        if target.view is None or not target.calls or not (work.m_by_n is None or target.m_by_n_ok):
+            continue
+        key = next((id(block) for block, inside in containers if id(target.view.layer) in inside),
+                   id(target.view.layer))
+        groups.setdefault(key, []).append(target)
+    return sorted(groups.values(), key=lambda block: min(t.first for t in block))
+
+
+def _transformer_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, set[int]]]:
+    """Each layer of a ``transformer_layers`` list (KerasHub backbones) with the ids inside it."""
+    found = []
+    for layer in all_layers(model):
+        blocks = getattr(layer, "transformer_layers", None)
+        if isinstance(blocks, (list, tuple)):
+            found += [(block, {id(inner) for inner in all_layers(block)}) for block in blocks
+                      if isinstance(block, keras.layers.Layer)]
+    return found
+
+
+def _prune_block(model, block: list[_Target], criterion: Criterion, batches, originals: dict,
+                 m_by_n: tuple[int, int] | None) -> list[LayerWarning]:
+    """Collects the block's input statistics on ``batches``, then prunes each of its weights."""
+    gram = criterion.statistics == "gram"
+    statistics = {}
+    for target in block:
+        features = target.view.to_matrix(np.zeros(tuple(target.variable.shape), "float32")).shape[0]
+        statistics[id(target.view.layer)] = (target.view, InputStatistics(features, gram=gram))
+    stop_after = {id(t.view.layer): t.calls for t in block}
+    try:
+        with recording(statistics, stop_after) as calls:
+            forward(model, batches, calls=calls)
+    except ValueError as error:
+        raise ValueError(f"Calibration stopped before any weight changed: {error}") from None
+    notes = []
+    for target in block:
+        stats = statistics[id(target.view.layer)][1]
+        values = keras.ops.convert_to_numpy(target.variable)
+        result = criterion.prune(target.view.to_matrix(values), stats, target.count, m_by_n)
+        originals.setdefault(id(target.variable), (target.variable, values))
+        target.variable.assign(target.view.from_matrix(result.matrix).astype(values.dtype))
+        if result.note:
+            notes.append(LayerWarning(target.path, result.note))
+        if gram and stats.rows < len(stats.squares):
+            notes.append(LayerWarning(target.path, (
+                f"saw {stats.rows} calibration rows for {len(stats.squares)} inputs, so its Hessian is "
+                "rank-deficient (dampened); more samples give a better reconstruction")))
+    return notes
+
+
+def _report(model, settings, method, used, damping, work, notes, layers) -> PruningReport:
+    settings = dict(settings, method=method, samples=used,
+                    layers=sorted({t.path for t in work.targets}))
+    if method == "sparsegpt":
+        settings["damping"] = float(damping)
+    if callable(layers):
+        settings["layer_filter"] = getattr(layers, "__name__", "callable")
+    report = summarize(model, settings=settings)
+    report.warnings = notes
+    return report
