@@ -112,7 +112,7 @@ def oneshot_prune(
                            transient=True):
             notes += _prune_block(model, block, criterion, batches, originals, work.m_by_n)
         for target in work.targets:
-            if target.view is None or not target.calls:
+            if not target.calibrated:
                 values = keras.ops.convert_to_numpy(target.variable)
                 originals.setdefault(id(target.variable), (target.variable, values))
                 target.variable.assign(zero_pruned(values, target.fallback))
@@ -141,6 +141,11 @@ class _Target:
         self.m_by_n_ok = m_by_n_ok
         self.calls, self.first = 0, -1
 
+    @property
+    def calibrated(self) -> bool:
+        """Pruned by the method (else by magnitude): a linear kernel, called, its N:M groups aligned."""
+        return self.view is not None and self.calls > 0 and self.m_by_n_ok
+
 
 class _Work:
     def __init__(self, targets: list[_Target], m_by_n, notes: list[LayerWarning]):
@@ -159,7 +164,7 @@ def _plan(model: keras.Model, settings: dict) -> _Work:
     for (path, variable), axis, (_, keep) in zip(selected, axes, plan.values()):
         owner = owners.get(id(variable))
         view = linear_view(owner, variable) if owner is not None else None
-        fits = m_by_n is None or _groups_align(variable, axis, m_by_n[1])
+        fits = m_by_n is None or view is None or _groups_align(view, variable, axis, m_by_n[1])
         targets.append(_Target(path, variable, view, keep, fits))
         if view is None:
             notes.append(LayerWarning(path, f"{_name(variable)} is not a plain linear kernel; pruned by magnitude"))
@@ -169,11 +174,11 @@ def _plan(model: keras.Model, settings: dict) -> _Work:
     return _Work(targets, m_by_n, notes)
 
 
-def _groups_align(variable, axis: int, n: int) -> bool:
-    """Whether N:M groups along ``axis`` are runs of ``n`` consecutive features of the view."""
-    shape = tuple(variable.shape)
-    folded = math.prod(shape[axis + 1:-1]) if axis < len(shape) - 1 else 1
-    return folded == 1 and (shape[axis] % n == 0 or math.prod(shape[:axis]) == 1)
+def _groups_align(view: LinearView, variable, axis: int, n: int) -> bool:
+    """Whether N:M groups along the input ``axis`` are runs of ``n`` consecutive view features
+    (the input axis varies fastest among them, so it needs no ragged group unless it is alone)."""
+    length = tuple(variable.shape)[axis]
+    return length == view.size or length % n == 0
 
 
 def _name(variable) -> str:
@@ -204,7 +209,7 @@ def _blocks(model: keras.Model, work: _Work) -> list[list[_Target]]:
     groups: dict[int, list[_Target]] = {}
     containers = _transformer_layers(model)
     for target in work.targets:
-        if target.view is None or not target.calls or not (work.m_by_n is None or target.m_by_n_ok):
+        if not target.calibrated:
             continue
         key = next((id(block) for block, inside in containers if id(target.view.layer) in inside),
                    id(target.view.layer))
@@ -229,8 +234,7 @@ def _prune_block(model, block: list[_Target], criterion: Criterion, batches, ori
     gram = criterion.statistics == "gram"
     statistics = {}
     for target in block:
-        features = target.view.to_matrix(np.zeros(tuple(target.variable.shape), "float32")).shape[0]
-        statistics[id(target.view.layer)] = (target.view, InputStatistics(features, gram=gram))
+        statistics[id(target.view.layer)] = (target.view, InputStatistics(target.view.size, gram=gram))
     stop_after = {id(t.view.layer): t.calls for t in block}
     try:
         with recording(statistics, stop_after) as calls:

@@ -29,6 +29,7 @@ class LinearView:
         features: ``inputs -> (rows, K)`` array, one row per output position.
         to_matrix: kernel array -> ``(K, outputs)`` matrix.
         from_matrix: ``(K, outputs)`` matrix -> kernel array of the kernel's shape.
+        size: ``K``, the number of input features.
     """
 
     layer: keras.layers.Layer
@@ -36,6 +37,7 @@ class LinearView:
     features: Callable[[np.ndarray], np.ndarray]
     to_matrix: Callable[[np.ndarray], np.ndarray]
     from_matrix: Callable[[np.ndarray], np.ndarray]
+    size: int
 
 
 def linear_view(layer: keras.layers.Layer, variable) -> LinearView | None:
@@ -57,7 +59,7 @@ def linear_view(layer: keras.layers.Layer, variable) -> LinearView | None:
     if isinstance(layer, keras.layers.EinsumDense):
         return _einsum_view(layer, variable)
     if isinstance(layer, keras.layers.Dense):
-        return LinearView(layer, variable, lambda x: _rows(x, shape[0]), np.asarray, np.asarray)
+        return LinearView(layer, variable, lambda x: _rows(x, shape[0]), np.asarray, np.asarray, shape[0])
     if _is_plain_conv(layer):
         return _conv_view(layer, variable)
     return None
@@ -104,6 +106,7 @@ def _einsum_view(layer, variable) -> LinearView | None:
         layer, variable, features,
         lambda w: np.transpose(np.asarray(w), order).reshape(k, -1),
         lambda m: np.transpose(np.asarray(m).reshape(moved), inverse),
+        k,
     )
 
 
@@ -138,7 +141,7 @@ def _conv_view(layer, variable) -> LinearView:
         return unfold(x, window, strides, dilation, padding)
 
     to_matrix, from_matrix = _identity_reshape(shape)
-    return LinearView(layer, variable, features, to_matrix, from_matrix)
+    return LinearView(layer, variable, features, to_matrix, from_matrix, math.prod(shape[:-1]))
 
 
 def _tuple(value, rank: int) -> tuple[int, ...]:
