@@ -10,7 +10,7 @@ pytestmark = pytest.mark.core
 MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", "prune", "_host", "structured",
            "structured.fold", "structured.graph", "structured.importance", "structured.plan",
            "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
-           "iterative"]
+           "iterative", "calibration", "calibrated", "linear_views", "text_data"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -15,13 +15,13 @@ import keras
 import numpy as np
 from rich.progress import track
 
-from keras_prune._keras_compat import all_layers, own_variables
+from keras_prune._keras_compat import all_layers
 from keras_prune._validation import check_choice, check_int
 from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
 from keras_prune.calibration import InputStatistics, calibration_batches, call_order, forward, recording
 from keras_prune.criteria import Criterion, SparseGPT, Wanda
 from keras_prune.handlers import input_axes
-from keras_prune.linear_views import LinearView, linear_view
+from keras_prune.linear_views import LinearView, weight_views
 from keras_prune.masks import zero_pruned
 from keras_prune.oneshot import (
     LayerFilter,
@@ -159,11 +159,9 @@ def _plan(model: keras.Model, settings: dict) -> _Work:
     axes = input_axes(model, [variable for _, variable in selected])
     notes = pattern_warnings(selected, (1, 1), m_by_n, axes=axes)
     plan = plan_masks(model, **{k: settings[k] for k in ("sparsity", "scope", "layer_filter", "sparsity_m_by_n")})
-    owners = {id(v): layer for layer in all_layers(model) for v in own_variables(layer)}
+    views = weight_views(model, [variable for _, variable in selected])
     targets = []
-    for (path, variable), axis, (_, keep) in zip(selected, axes, plan.values()):
-        owner = owners.get(id(variable))
-        view = linear_view(owner, variable) if owner is not None else None
+    for (path, variable), axis, view, (_, keep) in zip(selected, axes, views, plan.values()):
         fits = m_by_n is None or view is None or _groups_align(view, variable, axis, m_by_n[1])
         targets.append(_Target(path, variable, view, keep, fits))
         if view is None:
@@ -267,3 +265,39 @@ def _report(model, settings, method, used, damping, work, notes, layers) -> Prun
     report = summarize(model, settings=settings)
     report.warnings = notes
     return report
+
+
+def input_statistics(
+    model: keras.Model,
+    calibration_data: object,
+    *,
+    layers: LayerFilter = None,
+    samples: int = 128,
+    batch_size: int = 32,
+    gram: bool = False,
+) -> dict[str, InputStatistics]:
+    """What each selected linear kernel's inputs look like on the calibration data, unpruned.
+
+    One pass over the data collects, for every Dense/EinsumDense/Conv kernel at any depth,
+    the sum of squares of each input feature (and with ``gram=True`` the ``X^T X`` matrix):
+    the statistics Wanda and SparseGPT prune by, for analysis or a criterion of your own.
+
+    Returns:
+        ``{"layer path/weight name": InputStatistics}`` for the selected kernels that have a linear view
+        and are called on the data.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+        >>> stats = input_statistics(model, np.ones((5, 3), "float32"))
+        >>> stats["d/kernel"].rows, stats["d/kernel"].norms.round(3).tolist()
+        (5, [2.236, 2.236, 2.236])
+    """
+    batches = calibration_batches(calibration_data, samples, batch_size)
+    selected = select_weights(model, layers)
+    views = weight_views(model, [variable for _, variable in selected])
+    named = {id(view.layer): (f"{path}/{view.variable.name}", view)
+             for (path, _), view in zip(selected, views) if view is not None}
+    statistics = {key: (view, InputStatistics(view.size, gram=gram)) for key, (_, view) in named.items()}
+    with recording(statistics) as calls:
+        forward(model, batches, calls=calls)
+    return {named[key][0]: stats for key, (_, stats) in statistics.items() if stats.rows}

@@ -134,12 +134,14 @@ class SparseGPT(Criterion):
 
     Example:
         >>> rng = np.random.default_rng(0)
-        >>> x, w = rng.normal(size=(64, 8)), rng.normal(size=(8, 3))
+        >>> x = rng.normal(size=(256, 16)) * rng.uniform(0.1, 3.0, size=16)  # uneven inputs
+        >>> w = rng.normal(size=(16, 4))
         >>> class Stats: gram = x.T @ x
-        >>> result = SparseGPT().prune(w, Stats(), 12)
+        >>> result = SparseGPT().prune(w, Stats(), 32)
         >>> int((~result.keep).sum()), bool((result.matrix[~result.keep] == 0).all())
-        (12, True)
-        >>> bool(np.linalg.norm(x @ (w - result.matrix)) < np.linalg.norm(x @ (w * result.keep - w)))
+        (32, True)
+        >>> by_magnitude = Magnitude().prune(w, None, 32).matrix
+        >>> bool(np.linalg.norm(x @ (w - result.matrix)) < np.linalg.norm(x @ (w - by_magnitude)))
         True
     """
 
@@ -201,7 +203,7 @@ def spread_between(total: int, features: int, start: int, end: int) -> int:
 
     Example:
         >>> [spread_between(5, 8, s, s + 2) for s in (0, 2, 4, 6)]
-        [1, 1, 2, 1]
+        [1, 2, 1, 1]
     """
     return (total * end + features // 2) // features - (total * start + features // 2) // features
 

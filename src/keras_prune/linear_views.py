@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from keras_prune._keras_compat import all_layers, own_variables
+
 
 @dataclasses.dataclass(frozen=True)
 class LinearView:
@@ -63,6 +65,12 @@ def linear_view(layer: keras.layers.Layer, variable) -> LinearView | None:
     if _is_plain_conv(layer):
         return _conv_view(layer, variable)
     return None
+
+
+def weight_views(root: keras.layers.Layer, variables) -> list[LinearView | None]:
+    """:func:`linear_view` of each of ``variables``, found among the layers inside ``root``."""
+    owners = {id(v): layer for layer in all_layers(root) for v in own_variables(layer)}
+    return [linear_view(owners[id(v)], v) if id(v) in owners else None for v in variables]
 
 
 def _rows(x: np.ndarray, features: int) -> np.ndarray:

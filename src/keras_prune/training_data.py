@@ -89,15 +89,75 @@ def load_training_data(
     return data
 
 
-def _load_npz(path: Path) -> TrainingData:
+def load_inputs(
+    path: str | os.PathLike, model: keras.Model, *, image_scale: float = 1 / 255
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Only the inputs of ``path``, checked against ``model``: data to run the model on, such
+    as calibration data, which needs no labels.
+
+    ``path`` is read as :func:`load_training_data` reads it, but a ``.npz`` file needs only
+    ``x_train``; for a model with several inputs it holds one array per input, named as the
+    inputs (such as ``token_ids`` and ``padding_mask``), and a dict of them is returned.
+
+    Raises:
+        ValueError: the file or folder is missing or malformed, or the inputs do not fit.
+
+    Example:
+        >>> x = load_inputs("calibration.npz", model)
+        >>> model.predict(x)
+    """
+    path = Path(path)
+    inputs = {tensor.name: tuple(tensor.shape) for tensor in getattr(model, "inputs", None) or ()}
+    if path.is_file():
+        x = _npz_inputs(path, model, list(inputs))
+    elif len(inputs) > 1:
+        raise ValueError(f"Model '{model.name}' has {len(inputs)} inputs; pass a .npz file holding one array per "
+                         f"input, named {list(inputs)}.")
+    elif path.is_dir() and (path / IDX_FILES["x_train"]).is_file():
+        x = _load_idx(path, model, image_scale).x_train
+    elif path.is_dir():
+        x = _load_folder(path, model, image_scale).x_train
+    else:
+        raise ValueError(f"Data '{path}' does not exist; pass a .npz file, an IDX folder or an image folder.")
+    arrays = x if isinstance(x, dict) else {"x_train": x}
+    lengths = {len(values) for values in arrays.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"{path}: {', '.join(arrays)} must hold the same nonzero number of samples.")
+    for name, values in arrays.items():
+        _check_finite(str(path), name, values)
+        expected = inputs.get(name) if len(inputs) > 1 else next(iter(inputs.values()), None)
+        if expected is not None and not _shape_fits(values.shape, expected):
+            raise ValueError(f"{path}: {name} has shape {values.shape} but the model expects inputs of shape {expected}.")
+    return x
+
+
+def _npz_inputs(path: Path, model: keras.Model, names: list[str]) -> np.ndarray | dict[str, np.ndarray]:
+    arrays = _read_npz(path)
+    if len(names) > 1:
+        if not set(names) <= arrays.keys():
+            raise ValueError(
+                f"Data '{path}' must hold one array per input of model '{model.name}', named {names}; it has "
+                f"{sorted(arrays)}."
+            )
+        return {name: arrays[name] for name in names}
+    if "x_train" not in arrays:
+        raise ValueError(f"Data '{path}' lacks x_train (it has {sorted(arrays)}); save it with np.savez(path, x_train=...).")
+    return arrays["x_train"]
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+            return {key: archive[key] for key in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(
             f"Data '{path}' is not a readable .npz file ({error}); save one with "
             "np.savez(path, x_train=..., y_train=...)."
         ) from None
+
+
+def _load_npz(path: Path) -> TrainingData:
+    arrays = _read_npz(path)
     missing = [key for key in ("x_train", "y_train") if key not in arrays]
     if missing:
         raise ValueError(

@@ -1,8 +1,10 @@
-"""``keras-prune prune``: one-shot magnitude pruning of a model file, no training."""
+"""``keras-prune prune``: one-shot pruning of a model file (by magnitude, or calibrated with
+Wanda or SparseGPT), no training."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from pathlib import Path
 
@@ -19,29 +21,55 @@ from keras_prune.cli._common import (
 )
 
 DESCRIPTION = """\
-Zero the smallest-magnitude weights of every prunable layer (Dense, Conv, Embedding, RNN,
+Zero the least important weights of every prunable layer (Dense, Conv, Embedding, RNN,
 attention, ...) once, without training, and write the pruned model to OUT.
 
   --sparsity S    prune exactly round(S * n) weights of each tensor (--scope layer), or of all
                   selected tensors ranked together (--scope global)
-  --threshold T   prune every weight with |w| <= T
+  --threshold T   prune every weight with |w| <= T (magnitude only)
   --pattern P     unstructured (default); M:N prunes the M smallest of every N consecutive
                   weights along the input axis (tfmot's sparsity_m_by_n=(M, N); 2:4 keeps 2 of
                   every 4, and sets the sparsity to M/N, so omit --sparsity); block:RxC prunes
-                  whole RxC blocks of each kernel (needs --sparsity)
+                  whole RxC blocks of each kernel (needs --sparsity; magnitude only).
+                  --m-by-n M:N is the same as --pattern M:N.
+
+--method chooses how weights are ranked: magnitude (default) by |w| alone; wanda by |w| times
+the norm of its input over calibration data; sparsegpt prunes layer by layer and updates the
+remaining weights to make up for the pruned ones (best accuracy, slowest). wanda and sparsegpt
+run the model on --calibration DATA, of which --samples examples (default 128) are used:
+
+  .npz file       x_train (no labels needed); for a model with several inputs, one array
+                  per input, named as the inputs (such as token_ids and padding_mask)
+  IDX folder, image folder   as `keras-prune finetune` reads them (scaled by --image-scale)
+  .txt file       UTF-8 text for a language model, cut into --samples windows of
+                  --sequence-length tokens evenly spread over the text (default: the model's
+                  fixed input length, else 128, at most the model's max_sequence_length), by
+                  --vocabulary FILE: a character vocabulary, the i-th character of the UTF-8
+                      file is token id i (every character counts, newlines too), or a .json
+                      list of one-character strings
+                  --tokenizer DIR: a KerasHub tokenizer or preprocessor preset folder
+                  A model whose inputs are token_ids and padding_mask (KerasHub) gets an
+                  all-ones padding mask; any other model the token ids alone.
 
 Accuracy usually drops without fine-tuning; see `keras-prune finetune`."""
 
 EXAMPLES = """\
 examples:
   keras-prune prune model.keras -o pruned.keras --sparsity 0.7 --scope global
-  keras-prune prune model.keras -o pruned.keras --pattern 2:4 --exclude 'logits'"""
+  keras-prune prune model.keras -o pruned.keras --pattern 2:4 --exclude 'logits'
+  keras-prune prune model.keras -o pruned.keras --method sparsegpt --sparsity 0.5 --calibration train.npz
+  keras-prune prune lm.keras -o pruned.keras --method sparsegpt --m-by-n 2:4 --calibration text.txt \\
+      --vocabulary chars.txt --layers transformer_layer"""
+
+# Flags that only the calibrated methods read.
+CALIBRATION_FLAGS = ("calibration", "samples", "vocabulary", "tokenizer", "sequence_length", "image_scale")
+DEFAULT_SAMPLES = 128
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "prune",
-        help="one-shot magnitude pruning (by sparsity or threshold), no training",
+        help="one-shot pruning by magnitude, or calibrated (wanda, sparsegpt), no training",
         description=DESCRIPTION,
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -56,13 +84,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rank weights per tensor (layer, default) or across all selected layers (global)",
     )
     parser.add_argument(
-        "--pattern", default="unstructured", metavar="unstructured|M:N|block:RxC",
+        "--pattern", metavar="unstructured|M:N|block:RxC",
         help="sparsity pattern (default: unstructured); see above",
     )
+    parser.add_argument("--m-by-n", metavar="M:N", help="the same as --pattern M:N")
     parser.add_argument("--layers", "--include", dest="layers", metavar="REGEX",
                         help="prune only layers whose path matches REGEX (paths as `keras-prune inspect` lists them)")
     parser.add_argument("--exclude", metavar="REGEX", help="leave out layers whose path matches REGEX")
     parser.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    parser.add_argument("--quiet", action="store_true", help="hide the progress display")
+    calibrated = parser.add_argument_group("calibrated pruning (--method wanda or sparsegpt)")
+    calibrated.add_argument("--method", choices=("magnitude", "wanda", "sparsegpt"), default="magnitude",
+                            help="how to rank the weights (default: magnitude); see above")
+    calibrated.add_argument("--calibration", metavar="DATA", help=".npz file, IDX folder, image folder or .txt file")
+    calibrated.add_argument("--samples", type=int, metavar="N",
+                            help=f"calibration examples to use (default: {DEFAULT_SAMPLES})")
+    calibrated.add_argument("--vocabulary", metavar="FILE", help="character vocabulary for a .txt DATA (see above)")
+    calibrated.add_argument("--tokenizer", metavar="DIR", help="KerasHub tokenizer preset folder for a .txt DATA")
+    calibrated.add_argument("--sequence-length", type=int, metavar="L", help="tokens per window of a .txt DATA")
+    calibrated.add_argument("--image-scale", type=float, metavar="X",
+                            help="multiply image pixels (0-255) by X (default: 1/255)")
     parser.set_defaults(run=run)
 
 
@@ -144,29 +185,107 @@ def _check_selection(candidates: list[str], include, inc, exclude, exc, path_wan
         )
 
 
+def pattern_arguments(pattern: str | None, m_by_n: str | None) -> dict:
+    """``--pattern`` and its alias ``--m-by-n`` as one ``parse_pattern`` result; both given must agree."""
+    if m_by_n is None:
+        return parse_pattern(pattern or "unstructured")
+    match = re.fullmatch(r"\s*(\d+):(\d+)\s*", m_by_n)
+    if not match or not 0 < int(match[1]) < int(match[2]):
+        raise CLIError(f"--m-by-n must be M:N with 0 < M < N, such as 2:4. Received: --m-by-n {m_by_n}")
+    parsed = {"sparsity_m_by_n": (int(match[1]), int(match[2]))}
+    if pattern is not None and parse_pattern(pattern) != parsed:
+        raise CLIError(f"--m-by-n is another name for --pattern M:N; give one of them. Received: --pattern {pattern} "
+                       f"--m-by-n {m_by_n}")
+    return parsed
+
+
+def check_method(args: argparse.Namespace, threshold: float | None, pattern: dict) -> None:
+    """One-line errors for flags that do not go with ``--method``, before anything is loaded."""
+    given = [f"--{name.replace('_', '-')}" for name in CALIBRATION_FLAGS if getattr(args, name) is not None]
+    if args.method == "magnitude":
+        if given:
+            raise CLIError(f"{' and '.join(given)} would be unused: --method magnitude ranks weights by |w| alone, "
+                           "without data. Drop them, or pass --method sparsegpt (or wanda).")
+        return
+    method = f"--method {args.method}"
+    if threshold is not None:
+        raise CLIError(f"--threshold is for --method magnitude only; {method} takes --sparsity S or --m-by-n M:N.")
+    if "block_size" in pattern:
+        raise CLIError(f"--pattern block:RxC is for --method magnitude only; {method} takes unstructured or M:N "
+                       "patterns.")
+    if args.calibration is None:
+        raise CLIError(f"{method} needs --calibration DATA (a .npz file, IDX folder, image folder or .txt file) to "
+                       "see the inputs of each layer; or use --method magnitude, which needs no data.")
+    if not Path(args.calibration).exists():
+        raise CLIError(f"--calibration '{args.calibration}' does not exist. Check the path.")
+    for flag, value in (("--samples", args.samples), ("--sequence-length", args.sequence_length)):
+        if value is not None and value < 1:
+            raise CLIError(f"{flag} must be >= 1, such as 128. Received: {flag} {value}")
+    if args.image_scale is not None and not (math.isfinite(args.image_scale) and args.image_scale > 0):
+        raise CLIError(f"--image-scale must be a finite number > 0, such as 0.00392 (1/255). Received: "
+                       f"--image-scale {args.image_scale}")
+    text_flags = [flag for flag in ("--vocabulary", "--tokenizer", "--sequence-length") if flag in given]
+    if not _is_text(args.calibration):
+        if text_flags:
+            raise CLIError(f"{' and '.join(text_flags)} only serve a .txt --calibration file; drop them. Received: "
+                           f"--calibration {args.calibration}")
+    elif (args.vocabulary is None) == (args.tokenizer is None):
+        raise CLIError("A .txt --calibration file needs exactly one of --vocabulary FILE (characters as tokens) and "
+                       "--tokenizer DIR (a KerasHub tokenizer preset) to turn the text into token ids.")
+
+
+def _is_text(path: str) -> bool:
+    return Path(path).suffix.lower() == ".txt"
+
+
+def load_calibration(args: argparse.Namespace, model):
+    """The inputs of --calibration DATA for ``model``: token windows of a .txt file, else the
+    x arrays of a .npz file, IDX folder or image folder."""
+    from keras_prune.text_data import load_text_calibration
+    from keras_prune.training_data import load_inputs
+
+    if _is_text(args.calibration):
+        return load_text_calibration(
+            args.calibration, model, vocabulary=args.vocabulary, tokenizer=args.tokenizer,
+            sequence_length=args.sequence_length, samples=args.samples or DEFAULT_SAMPLES,
+        )
+    scale = 1 / 255 if args.image_scale is None else args.image_scale
+    return load_inputs(args.calibration, model, image_scale=scale)
+
+
 def run(args: argparse.Namespace) -> int:
     from keras_prune.io import atomic_write, check_output_path
-    from keras_prune.oneshot import magnitude_prune
 
     sparsity = fraction("--sparsity", args.sparsity)
     threshold = non_negative("--threshold", args.threshold)
-    pattern = parse_pattern(args.pattern)
+    pattern = pattern_arguments(args.pattern, args.m_by_n)
+    check_method(args, threshold, pattern)
     if sparsity is None and threshold is None and "sparsity_m_by_n" not in pattern:
+        if args.method != "magnitude":
+            raise CLIError("Give --sparsity S (or --m-by-n M:N), such as --sparsity 0.5.")
         raise CLIError("Give --sparsity S or --threshold T (or --pattern M:N), such as --sparsity 0.8.")
     if "sparsity_m_by_n" in pattern and (sparsity is not None or threshold is not None):
-        raise CLIError("--pattern M:N sets the sparsity to M/N; drop --sparsity/--threshold.")
+        raise CLIError(f"--{'m-by-n' if args.m_by_n else 'pattern'} M:N sets the sparsity to M/N; drop "
+                       "--sparsity/--threshold.")
     check_output(args)
     if args.report:
         check_output_path(args.report, overwrite=args.overwrite, inputs=[args.model], suffixes=(".json",))
     model = load(args)
-    report = magnitude_prune(
-        model,
-        sparsity=sparsity,
-        threshold=threshold,
-        scope=args.scope,
-        layers=layer_filter(model, args.layers, args.exclude),
-        **pattern,
-    )
+    layers = layer_filter(model, args.layers, args.exclude)
+    if args.method == "magnitude":
+        from keras_prune.oneshot import magnitude_prune
+
+        report = magnitude_prune(model, sparsity=sparsity, threshold=threshold, scope=args.scope, layers=layers,
+                                 **pattern)
+    else:
+        from keras_prune.calibrated import oneshot_prune
+
+        calibration = load_calibration(args, model)
+        report = oneshot_prune(
+            model, calibration, method=args.method, sparsity=sparsity, scope=args.scope,
+            layers=layers, samples=args.samples or DEFAULT_SAMPLES, progress=not args.quiet, **pattern,
+        )
+        report.settings.update(calibration=args.calibration)
     report.settings.update(model=args.model, output=args.output, layers=args.layers, exclude=args.exclude)
     save(model, args)
     if args.report:
