@@ -127,7 +127,7 @@ class SparseGPT(Criterion):
     Features are visited in order, in lazy blocks of ``block_columns``: each block chooses its
     mask by ``w^2 / [H^-1]_jj^2`` (its share of the weights to prune, so the total is exact),
     and each pruned weight's error is spread over the features not yet visited through the
-    inverse Hessian ``H = X^T X + damping * mean(diag) * I``, so the kept weights make up for
+    inverse Hessian of ``H = X^T X + damping * mean(diag) * I``, so the kept weights make up for
     the pruned ones on the calibration inputs. N:M chooses each group of ``n`` features as it
     is reached. A Hessian that is not positive definite is dampened ten times more (up to
     five times) and the result says so.
@@ -160,7 +160,7 @@ class SparseGPT(Criterion):
         if not m_by_n and not count:
             return PruningResult(np.array(matrix, copy=True), np.ones(matrix.shape, dtype=bool))
         upper, note = self._inverse_factor(stats.gram)
-        weights = np.array(matrix, dtype=np.float64).T  # (outputs, features): features as columns
+        weights = np.array(np.asarray(matrix).T, dtype=np.float32)  # (outputs, features): features as columns
         keep = np.ones(weights.shape, dtype=bool)
         features = weights.shape[1]
         step = self.block_columns if not m_by_n else max(1, self.block_columns // m_by_n[1]) * m_by_n[1]
@@ -173,24 +173,28 @@ class SparseGPT(Criterion):
         return PruningResult(result + 0, keep.T, note)
 
     def _inverse_factor(self, gram: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """The upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``), and a note if dampened more."""
+        """The upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``), and a note if dampened more.
+
+        With ``R`` the reversal of the features and ``R H R = M M^T`` (``M`` lower),
+        ``U = R M^-1 R``: one Cholesky factorization and one inverse, in float32.
+        """
         hessian = np.array(gram, dtype=np.float64)
-        diagonal = np.diag(hessian).copy()
-        dead = diagonal == 0
+        dead = np.diag(hessian) == 0
         hessian[dead, dead] = 1.0  # inputs never seen: nothing to reconstruct through them
         scale = float(np.mean(np.diag(hessian)))
         damping = self.damping
+        reversed_hessian = hessian[::-1, ::-1].astype(np.float32)
         for _ in range(6):
             try:
-                damped = hessian + damping * scale * np.eye(len(hessian))
-                inverse = np.linalg.inv(np.linalg.cholesky(damped))
-                upper = np.linalg.cholesky(inverse.T @ inverse).T
+                damped = reversed_hessian + np.float32(damping * scale) * np.eye(len(hessian), dtype=np.float32)
+                lower = np.linalg.cholesky(damped)
                 break
             except np.linalg.LinAlgError:
                 damping *= 10
         else:
             raise ValueError("the input Hessian stays singular even dampened by "
                              f"{damping / 10:g}; check the calibration data")
+        upper = np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1])
         note = None if damping == self.damping else (
             f"its input Hessian was not positive definite with damping {self.damping:g}; dampened "
             f"with {damping:g}")
