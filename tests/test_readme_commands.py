@@ -68,11 +68,11 @@ def data(n=64):
 
 
 def prepare(folder: Path, commands: list[list[str]]) -> None:
-    """Writes the input files the commands name: model.keras and every --data .npz."""
+    """Writes the input files the commands name: model.keras and every --data/--calibration .npz."""
     model().save(folder / "model.keras")
     for argv in commands:
         for flag, value in itertools.pairwise(argv):
-            if flag == "--data" and value.endswith(".npz"):
+            if flag in ("--data", "--calibration") and value.endswith(".npz"):
                 x, y = data()
                 np.savez(folder / value, x_train=x, y_train=y)
 
