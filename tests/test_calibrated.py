@@ -320,3 +320,20 @@ def test_n_by_m_groups_that_do_not_align_with_the_view_fall_back_to_magnitude_an
     np.testing.assert_array_equal(numpy(model.get_layer("rgb").kernel), numpy(twin.get_layer("rgb").kernel))
     groups = (numpy(model.get_layer("next").kernel) == 0).reshape(3, 3, 2, 4, 4).sum(axis=3)
     assert (groups == 2).all()
+
+
+def test_structured_wanda_importance_sums_weight_times_input_norm_over_each_unit():
+    from keras_prune.structured import prune_channels
+    from keras_prune.structured.graph import ChannelGraph
+    from keras_prune.structured.importance import unit_scores
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4, use_bias=False, name="a"),
+                              keras.layers.Dense(2, use_bias=False, name="b")])
+    x = RNG.normal(size=(50, 3)).astype("float32") * np.array([0.1, 1.0, 10.0], "float32")
+    wa, wb = numpy(model.layers[0].kernel), numpy(model.layers[1].kernel)
+    hidden_norms = np.linalg.norm(x @ wa, axis=0)
+    expected = (np.abs(wa) * np.linalg.norm(x, axis=0)[:, None]).sum(0) + (np.abs(wb) * hidden_norms[:, None]).sum(1)
+    scores = unit_scores(ChannelGraph(model), "wanda", x)
+    np.testing.assert_allclose(scores[:4], expected, rtol=1e-4)
+    small = prune_channels(model, 0.5, importance="wanda", calibration_data=(x, np.zeros(50)))
+    assert small.layers[0].units == 2

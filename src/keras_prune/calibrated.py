@@ -292,12 +292,19 @@ def input_statistics(
         >>> stats["d/kernel"].rows, stats["d/kernel"].norms.round(3).tolist()
         (5, [2.236, 2.236, 2.236])
     """
+    named = statistics_by_weight(model, calibration_data, layers=layers, samples=samples,
+                                 batch_size=batch_size, gram=gram)
+    return {f"{path}/{view.variable.name}": stats for path, view, stats in named.values()}
+
+
+def statistics_by_weight(model: keras.Model, calibration_data: object, *, layers: LayerFilter = None,
+                         samples: int = 128, batch_size: int = 32, gram: bool = False) -> dict:
+    """:func:`input_statistics` as ``{id(kernel): (layer path, LinearView, InputStatistics)}``."""
     batches = calibration_batches(calibration_data, samples, batch_size)
     selected = select_weights(model, layers)
     views = weight_views(model, [variable for _, variable in selected])
-    named = {id(view.layer): (f"{path}/{view.variable.name}", view)
-             for (path, _), view in zip(selected, views) if view is not None}
-    statistics = {key: (view, InputStatistics(view.size, gram=gram)) for key, (_, view) in named.items()}
-    with recording(statistics) as calls:
+    statistics = {id(view.layer): (path, view, InputStatistics(view.size, gram=gram))
+                  for (path, _), view in zip(selected, views) if view is not None}
+    with recording({key: (view, stats) for key, (_, view, stats) in statistics.items()}) as calls:
         forward(model, batches, calls=calls)
-    return {named[key][0]: stats for key, (_, stats) in statistics.items() if stats.rows}
+    return {id(view.variable): (path, view, stats) for path, view, stats in statistics.values() if stats.rows}

@@ -74,8 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="fraction of each group's channels to remove, in [0, 1)")
     parser.add_argument("--round-to", type=int, default=1, metavar="K",
                         help="keep channel counts at multiples of K (8 suits most CPUs)")
-    parser.add_argument("--importance", choices=("l1", "l2", "bn_scale", "taylor"),
-                        default="l1", help="channel score (taylor needs --data and a loss)")
+    parser.add_argument("--importance", choices=("l1", "l2", "bn_scale", "taylor", "wanda"),
+                        default="l1", help="channel score (taylor needs --data and a loss; wanda needs --data)")
     parser.add_argument("--scope", choices=("layer", "global"), default="layer",
                         help="prune R of every group (layer) or rank all channels together")
     parser.add_argument("--exclude", default="", metavar="NAMES",
@@ -99,8 +99,8 @@ def run(args: argparse.Namespace) -> int:
     if args.round_to < 1:
         raise CLIError(f"--round-to must be >= 1. Received: --round-to {args.round_to}")
     check_training_flags(args)
-    if (args.epochs or args.importance == "taylor") and not args.data:
-        raise CLIError("--epochs and --importance taylor need --data DATA (an .npz, IDX or image folder).")
+    if (args.epochs or args.importance in ("taylor", "wanda")) and not args.data:
+        raise CLIError("--epochs and --importance taylor/wanda need --data DATA (an .npz, IDX or image folder).")
     if args.litert and keras.backend.backend() != "tensorflow":
         raise CLIError(f"--litert needs the TensorFlow backend. Received: KERAS_BACKEND={keras.backend.backend()}")
     check_output(args)
@@ -144,6 +144,7 @@ def shrink(model, ratio: float, args, data, config, checkpoint: Checkpoint | Non
     calibration = None
     if args.importance == "taylor":
         model.compile_from_config(config)
+    if args.importance in ("taylor", "wanda"):
         calibration = (data.x_train[:512], data.y_train[:512])
     exclude = [name.strip() for name in args.exclude.split(",") if name.strip()]
     plan = plan_channels(model, ratio, importance=args.importance, scope=args.scope,

@@ -16,7 +16,7 @@ from keras_prune._validation import check_choice, check_int, check_sparsity
 from keras_prune.structured.fold import fold_batchnorm, foldable_batchnorms
 from keras_prune.structured.gradual import GradualChannelPruning
 from keras_prune.structured.graph import ChannelGraph, Group, walk_nodes
-from keras_prune.structured.importance import IMPORTANCES, unit_scores, weight_importance
+from keras_prune.structured.importance import IMPORTANCES, PER_WEIGHT, unit_scores, weight_importance
 from keras_prune.structured.plan import SCOPES, ChannelPlan, plan_removal
 from keras_prune.structured.surgery import apply_plan, zero_removed
 from keras_prune.structured.transformer import hub_backbones, is_task, plan_hub
@@ -84,7 +84,7 @@ def plan_channels(
     opaque = _hub_layers(model, sites)
     graph = ChannelGraph(model, tuple(exclude), opaque)
     weight_fn = None
-    if importance in ("taylor", "l2") or sites:
+    if importance in PER_WEIGHT or sites:
         weight_fn = weight_importance(model, importance, calibration_data)
     scores = unit_scores(graph, importance, calibration_data, weight_fn=weight_fn)
     hub = []
@@ -158,7 +158,7 @@ def prune_channels(
         model: a built Sequential or functional model (channels_last), a KerasHub backbone,
             or a KerasHub task.
         ratio: the fraction of each group's channels to remove, in [0, 1).
-        importance: ``"l1"``, ``"l2"``, ``"bn_scale"`` or ``"taylor"``
+        importance: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"`` or ``"wanda"``
             (see :func:`keras_prune.structured.unit_scores`).
         scope: ``"layer"`` (every group loses ``ratio``) or ``"global"`` (one ranking;
             not for KerasHub backbones).
@@ -166,7 +166,8 @@ def prune_channels(
             vector units); head counts are not rounded.
         exclude: names of layers (or of a KerasHub backbone inside the model) to leave
             untouched.
-        calibration_data: ``(x, y)`` batches for ``importance="taylor"``.
+        calibration_data: ``(x, y)`` batches for ``importance="taylor"``; inputs (``x`` or
+            ``(x, y)``) for ``importance="wanda"``.
         heads: the fraction of attention heads to remove (``ratio`` when ``None``). Given
             explicitly, a backbone whose heads cannot be removed raises ``ValueError``.
         ffn: the fraction of FFN intermediate units of KerasHub blocks to remove (``ratio``

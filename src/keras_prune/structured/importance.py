@@ -14,7 +14,8 @@ from keras import layers
 
 from keras_prune.structured.graph import ChannelGraph
 
-IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "wanda")
+PER_WEIGHT = ("taylor", "l2", "wanda")  # scored weight by weight (from data, or squared)
 
 
 def unit_scores(
@@ -33,9 +34,11 @@ def unit_scores(
             groups without one score 0 everywhere and fall back to L1, see
             :func:`bn_scale_groups`), or ``"taylor"`` (first-order Taylor: ``|w * dL/dw|``
             summed over the unit, gradients from ``calibration_data`` and the model's
-            compiled loss).
+            compiled loss), or ``"wanda"`` (``|w|`` times the L2 norm of the input feature it
+            multiplies, :class:`keras_prune.criteria.Wanda`, summed over the unit; weights
+            that are not linear kernels count ``|w|``).
         calibration_data: for ``"taylor"``: a tuple ``(x, y)`` of arrays, or an iterable of
-            ``(x, y)`` batches.
+            ``(x, y)`` batches; for ``"wanda"`` the inputs are enough.
         weight_fn: the result of :func:`weight_importance` for the same arguments, when the
             caller has it already (the Taylor gradients are then not computed again).
 
@@ -48,7 +51,7 @@ def unit_scores(
         >>> unit_scores(ChannelGraph(model), "l1").shape  # 2 hidden units + 1 output unit
         (3,)
     """
-    if importance in ("taylor", "l2"):
+    if importance in PER_WEIGHT:
         per_weight = weight_fn or weight_importance(graph.model, importance, calibration_data)
         scores = _accumulate(graph, lambda layer, var: per_weight(var))
         return np.sqrt(scores) if importance == "l2" else scores
@@ -72,7 +75,8 @@ def weight_importance(
 
     ``"l1"`` and ``"bn_scale"`` give ``|w|``, ``"l2"`` gives ``w**2`` (sum, then take the
     square root), ``"taylor"`` gives ``|w * dL/dw|`` with the gradients of the compiled loss
-    over ``calibration_data`` (computed once, here).
+    over ``calibration_data`` (computed once, here), ``"wanda"`` gives ``|w| * ||x||`` with
+    the input norms over ``calibration_data`` (collected once, here).
 
     Example:
         >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -88,9 +92,31 @@ def weight_importance(
             return np.abs(value if grad is None else value * grad)
 
         return taylor
+    if importance == "wanda":
+        return _wanda(model, calibration_data)
     if importance == "l2":
         return lambda variable: np.square(_numpy(variable))
     return lambda variable: np.abs(_numpy(variable))
+
+
+def _wanda(model: keras.Model, calibration_data) -> Callable[[keras.Variable], np.ndarray]:
+    # Imported here: the calibrated one-shot modules import the structured package.
+    from keras_prune.calibrated import statistics_by_weight
+    from keras_prune.criteria import Wanda
+
+    if calibration_data is None:
+        raise ValueError("Argument `calibration_data` is required for importance='wanda': a few hundred "
+                         "inputs the model accepts (arrays, (x, y), a tf.data.Dataset or batches).")
+    statistics = statistics_by_weight(model, calibration_data, samples=512)
+
+    def wanda(variable) -> np.ndarray:
+        value = _numpy(variable)
+        if id(variable) not in statistics:
+            return np.abs(value)
+        _, view, stats = statistics[id(variable)]
+        return view.from_matrix(Wanda().scores(view.to_matrix(value), stats))
+
+    return wanda
 
 
 def bn_scale_groups(graph: ChannelGraph) -> list[int]:
