@@ -259,7 +259,16 @@ def test_weights_it_cannot_calibrate_are_pruned_by_magnitude_and_reported():
 def test_too_few_rows_for_the_hessian_are_reported():
     model = two_layer_model()
     report = oneshot_prune(model, RNG.normal(size=(5, 12)).astype("float32"), sparsity=0.5)
-    assert any("saw 5 calibration rows for 12 inputs" in w.message for w in report.warnings)
+    assert any("saw 5 calibration rows for 12 inputs" in w.message and "12 samples would give it full rank"
+               in w.message for w in report.warnings)
+
+
+def test_a_singular_hessian_is_dampened_more_and_the_report_says_so():
+    model = two_layer_model()
+    x = np.repeat(RNG.normal(size=(40, 1)), 12, axis=1).astype("float32")  # rank 1
+    report = oneshot_prune(model, x, sparsity=0.5, damping=1e-12)
+    assert any("not positive definite with damping 1e-12; dampened with" in w.message for w in report.warnings)
+    assert report.totals["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_inplace_false_prunes_a_copy():

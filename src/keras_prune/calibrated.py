@@ -18,7 +18,14 @@ from rich.progress import track
 from keras_prune._keras_compat import all_layers
 from keras_prune._validation import check_choice, check_int
 from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
-from keras_prune.calibration import InputStatistics, calibration_batches, call_order, forward, recording
+from keras_prune.calibration import (
+    InputStatistics,
+    batch_length,
+    calibration_batches,
+    call_order,
+    forward,
+    recording,
+)
 from keras_prune.criteria import Criterion, SparseGPT, Wanda
 from keras_prune.handlers import input_axes
 from keras_prune.linear_views import LinearView, weight_views
@@ -120,7 +127,7 @@ def oneshot_prune(
         for variable, values in originals.values():
             variable.assign(values)
         raise
-    used = sum(int(np.shape(keras.tree.flatten(b)[0])[0]) for b in batches)
+    used = sum(batch_length(batch) for batch in batches)
     return _report(model, settings, method, used, damping, work, notes, layers)
 
 
@@ -240,6 +247,7 @@ def _prune_block(model, block: list[_Target], criterion: Criterion, batches, ori
     except ValueError as error:
         raise ValueError(f"Calibration stopped before any weight changed: {error}") from None
     notes = []
+    samples = sum(batch_length(batch) for batch in batches)
     for target in block:
         stats = statistics[id(target.view.layer)][1]
         values = keras.ops.convert_to_numpy(target.variable)
@@ -248,10 +256,11 @@ def _prune_block(model, block: list[_Target], criterion: Criterion, batches, ori
         target.variable.assign(target.view.from_matrix(result.matrix).astype(values.dtype))
         if result.note:
             notes.append(LayerWarning(target.path, result.note))
-        if gram and stats.rows < len(stats.squares):
+        if gram and stats.rows < target.view.size:
+            needed = math.ceil(target.view.size * samples / stats.rows)
             notes.append(LayerWarning(target.path, (
-                f"saw {stats.rows} calibration rows for {len(stats.squares)} inputs, so its Hessian is "
-                "rank-deficient (dampened); more samples give a better reconstruction")))
+                f"saw {stats.rows} calibration rows for {target.view.size} inputs, so its Hessian is "
+                f"rank-deficient (dampened); {needed} samples would give it full rank")))
     return notes
 
 

@@ -129,8 +129,8 @@ class SparseGPT(Criterion):
     and each pruned weight's error is spread over the features not yet visited through the
     inverse Hessian of ``H = X^T X + damping * mean(diag) * I``, so the kept weights make up for
     the pruned ones on the calibration inputs. N:M chooses each group of ``n`` features as it
-    is reached. A Hessian that is not positive definite is dampened ten times more (up to
-    five times) and the result says so.
+    is reached. A Hessian that is not positive definite (in float32) is dampened ten times
+    more until it is, and the result says so.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -184,16 +184,16 @@ class SparseGPT(Criterion):
         scale = float(np.mean(np.diag(hessian)))
         damping = self.damping
         reversed_hessian = hessian[::-1, ::-1].astype(np.float32)
-        for _ in range(6):
+        while True:  # H + mean(diag) * I is positive definite for any H = X^T X: this ends
             try:
                 damped = reversed_hessian + np.float32(damping * scale) * np.eye(len(hessian), dtype=np.float32)
                 lower = np.linalg.cholesky(damped)
                 break
             except np.linalg.LinAlgError:
-                damping *= 10
-        else:
-            raise ValueError("the input Hessian stays singular even dampened by "
-                             f"{damping / 10:g}; check the calibration data")
+                if damping >= 1:
+                    raise ValueError("the input Hessian is not positive definite even dampened by its mean "
+                                     "diagonal; check the calibration data") from None
+                damping = min(damping * 10, 1.0)
         upper = np.ascontiguousarray(np.linalg.inv(lower)[::-1, ::-1])
         note = None if damping == self.damping else (
             f"its input Hessian was not positive definite with damping {self.damping:g}; dampened "
