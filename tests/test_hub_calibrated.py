@@ -1,5 +1,7 @@
 """Calibrated one-shot pruning reaches the kernels inside KerasHub blocks, one block at a time."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 pytest.importorskip("keras_hub")
 
 from keras_prune import calibration, oneshot_prune  # noqa: E402  (after the importorskip)
+from keras_prune.layer_stack import LayerStack  # noqa: E402
 from keras_prune.masks import prune_count  # noqa: E402
 
 from hub_backbones import BACKBONES, sample_inputs, zeros  # noqa: E402
@@ -14,8 +17,11 @@ from hub_backbones import BACKBONES, sample_inputs, zeros  # noqa: E402
 pytestmark = pytest.mark.tensorflow_only
 
 
+BLOCKS = "transformer_layer|decoder_block"  # how the backbones name their transformer layers
+
+
 def block_kernels(model):
-    return [w for w in model.weights if w.path.endswith("kernel") and "transformer_layer" in w.path]
+    return [w for block in model.transformer_layers for w in block.weights if w.path.endswith("kernel")]
 
 
 def output_error(model, inputs, reference) -> float:
@@ -32,16 +38,18 @@ def test_sparsegpt_prunes_every_block_kernel_exactly_and_stays_closer_to_dense_t
     errors = {}
     for method in ("magnitude", "sparsegpt"):
         model.set_weights(start)
-        oneshot_prune(model, inputs, method=method, sparsity=0.5, layers="transformer_layer", batch_size=8)
+        oneshot_prune(model, inputs, method=method, sparsity=0.5, layers=BLOCKS, batch_size=8)
         errors[method] = output_error(model, inputs, reference)
         for kernel in block_kernels(model):
             assert zeros(kernel) == prune_count(0.5, int(np.prod(kernel.shape))), kernel.path
     assert errors["sparsegpt"] < errors["magnitude"]
 
 
-def test_each_transformer_layer_is_one_block_and_later_blocks_are_not_run(monkeypatch):
-    model = BACKBONES["gpt2"]()
-    inputs = sample_inputs(model, batch=4, seq=8)
+@pytest.mark.parametrize("name", ["gpt2", "llama", "bert", "gemma", "phi3", "mixtral", "pali_gemma"])
+def test_held_hidden_states_give_the_weights_of_whole_forward_passes(name, monkeypatch):
+    model = BACKBONES[name]()
+    inputs = sample_inputs(model, batch=6, seq=12)
+    start = model.get_weights()
     passes = []
     original = calibration.forward
 
@@ -50,9 +58,19 @@ def test_each_transformer_layer_is_one_block_and_later_blocks_are_not_run(monkey
         return original(model, batches, **kwargs)
 
     monkeypatch.setattr("keras_prune.calibrated.forward", counted)
-    report = oneshot_prune(model, inputs, method="wanda", sparsity_m_by_n=(2, 4), layers="transformer_layer")
+    report = oneshot_prune(model, inputs, method="sparsegpt", sparsity_m_by_n=(2, 4), layers=BLOCKS,
+                           batch_size=4)
+    assert not passes  # every block ran from the hidden states held between layers
+    assert not [w for w in report.warnings if re.search(BLOCKS, w.layer)]  # all calibrated, none by magnitude
+    held = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    model.set_weights(start)
+    monkeypatch.setattr(LayerStack, "capture", classmethod(lambda cls, *args: None))
+    oneshot_prune(model, inputs, method="sparsegpt", sparsity_m_by_n=(2, 4), layers=BLOCKS,
+                  batch_size=4)
     assert len(passes) == len(model.transformer_layers)
-    assert report.settings["sparsity_m_by_n"] == (2, 4)
-    assert not [w for w in report.warnings if "transformer_layer" in w.layer]  # all calibrated, none by magnitude
+    for a, b in zip(held, model.weights):
+        b = keras.ops.convert_to_numpy(b)
+        np.testing.assert_array_equal(a == 0, b == 0)
+        np.testing.assert_allclose(a, b, atol=1e-4)
     for kernel in block_kernels(model):
         assert zeros(kernel) == int(np.prod(kernel.shape)) // 2, kernel.path

@@ -4,7 +4,8 @@
 exact counts, same report), then prunes block by block in the order the model runs them:
 a KerasHub transformer layer (any layer in a ``transformer_layers`` list) is one block, any
 other linear layer its own. Each block is calibrated on the outputs of the blocks already
-pruned before it, and only its statistics are held in memory.
+pruned before it, and only its statistics are held in memory (with the hidden states between
+the layers of a transformer stack, see :mod:`keras_prune.layer_stack`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from keras_prune.calibration import (
 )
 from keras_prune.criteria import Criterion, SparseGPT, Wanda
 from keras_prune.handlers import input_axes
+from keras_prune.layer_stack import LayerStack
 from keras_prune.linear_views import LinearView, weight_views
 from keras_prune.masks import zero_pruned
 from keras_prune.oneshot import (
@@ -114,10 +116,14 @@ def oneshot_prune(
     work = _plan(model, settings)
     notes = work.notes + _probe(model, work, batches[0])
     originals = {}
+    stacks: dict[int, LayerStack | None] = {}
     try:
         for block in track(_blocks(model, work), description="Calibrating", disable=not progress,
                            transient=True):
-            notes += _prune_block(model, block, criterion, batches, originals, work.m_by_n)
+            runner = _stack_runner(model, block, batches, stacks)
+            notes += _prune_block(model, block.targets, criterion, batches, originals, work.m_by_n, runner)
+            if runner is not None:
+                runner.advance()
         for target in work.targets:
             if not target.calibrated:
                 values = keras.ops.convert_to_numpy(target.variable)
@@ -209,41 +215,65 @@ def _probe(model: keras.Model, work: _Work, batch) -> list[LayerWarning]:
     return notes
 
 
-def _blocks(model: keras.Model, work: _Work) -> list[list[_Target]]:
-    """Calibrated targets grouped into blocks (a transformer layer, or one layer), in call order."""
-    groups: dict[int, list[_Target]] = {}
-    containers = _transformer_layers(model)
+class _Block:
+    """Targets pruned together: a transformer layer's (``stack[index]``), or one layer's."""
+
+    def __init__(self, stack: list | None, index: int):
+        self.stack, self.index, self.targets = stack, index, []
+
+
+def _blocks(model: keras.Model, work: _Work) -> list[_Block]:
+    """Calibrated targets grouped into blocks, in call order."""
+    groups: dict[int, _Block] = {}
+    stacks = _transformer_stacks(model)
     for target in work.targets:
         if not target.calibrated:
             continue
-        key = next((id(block) for block, inside in containers if id(target.view.layer) in inside),
-                   id(target.view.layer))
-        groups.setdefault(key, []).append(target)
-    return sorted(groups.values(), key=lambda block: min(t.first for t in block))
+        place = next(((stack, i) for stack, i, inside in stacks if id(target.view.layer) in inside), None)
+        key = id(place[0][place[1]]) if place else id(target.view.layer)
+        groups.setdefault(key, _Block(*place) if place else _Block(None, 0)).targets.append(target)
+    return sorted(groups.values(), key=lambda block: min(t.first for t in block.targets))
 
 
-def _transformer_layers(model: keras.Model) -> list[tuple[keras.layers.Layer, set[int]]]:
-    """Each layer of a ``transformer_layers`` list (KerasHub backbones) with the ids inside it."""
+def _transformer_stacks(model: keras.Model) -> list[tuple[list, int, set[int]]]:
+    """``(stack, index, ids inside)`` for each layer of a ``transformer_layers`` list (KerasHub)."""
     found = []
     for layer in all_layers(model):
-        blocks = getattr(layer, "transformer_layers", None)
-        if isinstance(blocks, (list, tuple)):
-            found += [(block, {id(inner) for inner in all_layers(block)}) for block in blocks
-                      if isinstance(block, keras.layers.Layer)]
+        stack = getattr(layer, "transformer_layers", None)
+        if isinstance(stack, (list, tuple)) and all(isinstance(b, keras.layers.Layer) for b in stack):
+            found += [(list(stack), i, {id(inner) for inner in all_layers(block)}) for i, block in enumerate(stack)]
     return found
 
 
+def _stack_runner(model, block: _Block, batches, stacks: dict) -> LayerStack | None:
+    """The held inputs of ``block``'s transformer layer, or ``None`` to use whole forward passes."""
+    if block.stack is None:
+        return None
+    key = id(block.stack[0])
+    if key not in stacks:
+        stacks[key] = LayerStack.capture(model, block.stack, block.index, batches)
+    runner = stacks[key]
+    if runner is not None:
+        runner.advance(to=block.index)
+    return runner
+
+
 def _prune_block(model, block: list[_Target], criterion: Criterion, batches, originals: dict,
-                 m_by_n: tuple[int, int] | None) -> list[LayerWarning]:
-    """Collects the block's input statistics on ``batches``, then prunes each of its weights."""
+                 m_by_n: tuple[int, int] | None, runner: LayerStack | None) -> list[LayerWarning]:
+    """Collects the block's input statistics on ``batches`` (through ``runner`` when there is
+    one), then prunes each of its weights."""
     gram = criterion.statistics == "gram"
     statistics = {}
     for target in block:
         statistics[id(target.view.layer)] = (target.view, InputStatistics(target.view.size, gram=gram))
     stop_after = {id(t.view.layer): t.calls for t in block}
     try:
-        with recording(statistics, stop_after) as calls:
-            forward(model, batches, calls=calls)
+        if runner is not None:
+            with recording(statistics):
+                runner.run()
+        else:
+            with recording(statistics, stop_after) as calls:
+                forward(model, batches, calls=calls)
     except ValueError as error:
         raise ValueError(f"Calibration stopped before any weight changed: {error}") from None
     notes = []

@@ -60,8 +60,8 @@ class NonFiniteInputs(ValueError):
     """A calibrated layer received NaN or infinite inputs."""
 
 
-class _BlockDone(Exception):
-    """Raised by a hook to stop a forward pass once every recorded layer has seen the batch."""
+class StopForward(Exception):
+    """Raised by a hook to stop a forward pass once it has seen what it needs."""
 
 
 def calibration_batches(data: object, samples: int, batch_size: int = 32) -> list:
@@ -167,17 +167,17 @@ def recording(statistics: dict[int, tuple[LinearView, InputStatistics]],
                 ) from None
             calls[id(layer)] = calls.get(id(layer), 0) + 1
             if stop_after and all(calls.get(k, 0) >= n for k, n in stop_after.items()):
-                raise _BlockDone()
+                raise StopForward()
             return call(*args, **kwargs)
 
         return hooked
 
-    with _hooked([view.layer for view, _ in statistics.values()], record):
+    with hooking([view.layer for view, _ in statistics.values()], record):
         yield calls
 
 
 @contextlib.contextmanager
-def _hooked(layers: Sequence[keras.layers.Layer], make_hook) -> Iterator[None]:
+def hooking(layers: Sequence[keras.layers.Layer], make_hook) -> Iterator[None]:
     """Replaces each layer's ``call`` by ``make_hook(layer, call)`` until exit."""
     saved = []
     for layer in layers:
@@ -201,7 +201,7 @@ def forward(model: keras.Model, batches: Sequence, *, calls: dict | None = None)
     for batch in batches:
         if calls is not None:
             calls.clear()
-        with contextlib.suppress(_BlockDone):
+        with contextlib.suppress(StopForward):
             model(batch, training=False)
 
 
@@ -221,6 +221,6 @@ def call_order(model: keras.Model, layers: Sequence[keras.layers.Layer], batch) 
 
         return counted
 
-    with _hooked(layers, count):
+    with hooking(layers, count):
         model(batch, training=False)
     return [(len(seen[id(layer)]), seen[id(layer)][0] if seen[id(layer)] else -1) for layer in layers]
