@@ -10,7 +10,8 @@ pytestmark = pytest.mark.core
 MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", "prune", "_host", "structured",
            "structured.fold", "structured.graph", "structured.importance", "structured.plan",
            "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
-           "iterative", "calibration", "calibrated", "linear_views", "text_data"]
+           "iterative", "calibration", "calibrated", "linear_views", "text_data", "compat.schedules",
+           "compat.wrapper", "compat.callbacks", "compat.tfmot"]
 
 
 @pytest.mark.parametrize("name", MODULES)

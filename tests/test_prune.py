@@ -121,16 +121,18 @@ def test_model_is_pruned_in_place_and_unchanged_until_trained():
     assert model.layers[0].kernel.constraint is None
 
 
-def test_tfmot_path_clones_and_never_modifies_the_original():
+def test_tfmot_path_wraps_the_original_layers_as_tfmot_does():
     model = mlp()
     before = [w.copy() for w in model.get_weights()]
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.9, 0))
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.9, 0, frequency=1))
+    assert pruned is not model and pruned.layers[0].layer is model.layers[0]  # the same layer and variables
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(pruned.layers[0].layer.kernel), before[0])
     x, y = dense_data()
     compile_classifier(pruned).fit(x, y, epochs=1, callbacks=[kp.UpdatePruningStep()], verbose=0)
-    for a, b in zip(before, model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    assert model.layers[0].kernel.constraint is None
+    kernel = keras.ops.convert_to_numpy(model.layers[0].kernel)  # trained through the wrapper
+    assert np.mean(kernel == 0) == pytest.approx(0.9, abs=0.01)
+    stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+    assert stripped.layers[0] is model.layers[0] and model.layers[0].kernel.constraint is None
 
 
 def test_nested_models_are_pruned_recursively():
@@ -193,7 +195,7 @@ def test_tfmot_path_swaps_wrappers_into_a_subclassed_model_and_back():
     model = Subclassed()
     model(x[:2])
     n_weights = len(model.weights)
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.75, 0))
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, tfmot.sparsity.keras.ConstantSparsity(0.75, 0, frequency=1))
     assert pruned is model
     assert len(collect_pruning(model)) == 4
     assert len({id(w) for w in model.weights}) == len(model.weights)
@@ -261,11 +263,13 @@ def test_policy_can_exclude_an_undeclared_custom_layer():
         def allow_pruning(self, layer):
             return not isinstance(layer, Scale)
 
-    inputs = keras.Input((16,))
-    model = keras.Model(inputs, L.Dense(3, name="d")(Scale(name="s")(inputs)))
-    pruned = tfmot.sparsity.keras.prune_low_magnitude(model, pruning_policy=SkipScale())
+    def make_model():
+        inputs = keras.Input((16,))
+        return keras.Model(inputs, L.Dense(3, name="d")(Scale(name="s")(inputs)))
+
+    pruned = tfmot.sparsity.keras.prune_low_magnitude(make_model(), pruning_policy=SkipScale())
     assert [w.layer.name for w in collect_pruning(pruned)] == ["d"]
-    assert kp.prune_low_magnitude(model, layers=SkipScale().allow_pruning).pruned_layers == ["d"]
+    assert kp.prune_low_magnitude(make_model(), layers=SkipScale().allow_pruning).pruned_layers == ["d"]
 
 
 def test_prunable_layer_declares_its_weights():

@@ -35,7 +35,8 @@ from pathlib import Path
 import shared
 
 VENV = shared.REPO / "benchmarks" / ".venv-tfmot"
-TFMOT_REQUIREMENTS = ("tensorflow-cpu==2.21.*", "tf-keras==2.21.*", "tensorflow-model-optimization==0.8.*")
+TFMOT_REQUIREMENTS = ("tensorflow-cpu==2.21.*", "tf-keras==2.21.*", "tensorflow-model-optimization==0.8.*",
+                      "tensorboard==2.20.*")  # PruningSummaries writes event files
 FULL = {"epochs": 4, "epoch_samples": None, "pretrain_scale": 1.0}  # images per epoch: per model
 QUICK = {"epochs": 3, "epoch_samples": 2000, "pretrain_scale": 0.0}  # one pretraining epoch
 
@@ -82,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def ensure_tfmot_env() -> Path:
     """The tfmot virtualenv's python, creating the environment once (idempotent)."""
     python = VENV / "bin" / "python"
-    check = [str(python), "-c", "import tf_keras, tensorflow_model_optimization"]
+    check = [str(python), "-c", "import tf_keras, tensorflow_model_optimization, tensorboard"]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python
     print(f"Creating {VENV.relative_to(shared.REPO)} with {', '.join(TFMOT_REQUIREMENTS)} ...", flush=True)

@@ -66,3 +66,11 @@ def all_layers(layer) -> list:
 def own_variables(layer) -> list:
     """The variables ``layer`` created itself (not those of its sub-layers)."""
     return list(layer._trainable_variables) + list(layer._non_trainable_variables)
+
+
+def build_by_calling(layer, *args, **kwargs) -> None:
+    """Builds ``layer`` by tracing its ``__call__`` on the shapes of ``args`` and ``kwargs``
+    (nothing is computed), so layers whose ``build`` takes several shapes build too."""
+    from keras.src.backend import compute_output_spec
+
+    compute_output_spec(layer.__call__, *args, **kwargs)

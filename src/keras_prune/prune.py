@@ -14,7 +14,7 @@ import keras
 
 from keras_prune import masks, registry
 from keras_prune.callbacks import collect_pruning
-from keras_prune.compat.wrapping import PruningPolicy, unwrap_model, wrap_model
+from keras_prune.compat.wrapping import PruningPolicy, unwrap_model
 from keras_prune.core import PruningState, check_schedule, check_scope, pruning_state_of
 from keras_prune.handlers import input_axes
 from keras_prune.oneshot import LayerFilter, _check_layer_filter, pattern_warnings, select_weights
@@ -101,36 +101,19 @@ def prune_low_magnitude(
     return wrap_layers(to_prune, schedule, **pattern, **kwargs)
 
 
-def wrap_layers(to_prune, schedule: PruningSchedule, pruning_policy: PruningPolicy | None = None, **settings):
-    """``PruneLowMagnitude`` wrappers for a layer, a list of layers, or each layer of a model.
-
-    tfmot's way (see :mod:`keras_prune.compat.wrapping`); ``settings`` are the pattern and scope.
-    """
-    block, m_by_n = settings["block_size"], settings["sparsity_m_by_n"]
+def wrap_layers(to_prune, schedule: PruningSchedule, **settings):
+    """``PruneLowMagnitude`` wrappers for a layer or a list of layers; ``settings`` are the pattern and scope."""
+    check_fit = pattern_fit_check(settings["block_size"], settings["sparsity_m_by_n"])
 
     def wrap(layer):
         return PruneLowMagnitude(layer, schedule, **settings)
-
-    def check_fit(targets):
-        built = [(path, layer, registry.prunable_weights(layer)) for path, layer in targets if layer.built]
-        weights = [(path, w) for path, _, own in built for w in own]
-        axes = [axis for _, layer, own in built for axis in input_axes(layer, own)]
-        _check_pattern_fit(None, weights, block, m_by_n, built_all=len(built) == len(targets), axes=axes)
 
     if isinstance(to_prune, (list, tuple)):
         for layer in to_prune:
             check_layer(layer)
         check_fit([(layer.name, layer) for layer in to_prune])
         return [wrap(layer) for layer in to_prune]
-    if isinstance(to_prune, keras.Model):
-        _check_unpruned(to_prune)
-        if pruning_policy is not None and not isinstance(pruning_policy, PruningPolicy):
-            raise TypeError(
-                "Argument `pruning_policy` must be a keras_prune.PruningPolicy. "
-                f"Received: pruning_policy={pruning_policy!r}"
-            )
-        return wrap_model(to_prune, wrap, pruning_policy, check_fit)
-    if not isinstance(to_prune, keras.layers.Layer):
+    if not isinstance(to_prune, keras.layers.Layer) or isinstance(to_prune, keras.Model):
         raise TypeError(
             "Argument `to_prune` must be a Keras layer, a list of layers or a model. "
             f"Received: to_prune={to_prune!r}"
@@ -138,6 +121,19 @@ def wrap_layers(to_prune, schedule: PruningSchedule, pruning_policy: PruningPoli
     check_layer(to_prune)
     check_fit([(to_prune.name, to_prune)])
     return wrap(to_prune)
+
+
+def pattern_fit_check(block, m_by_n, prunable=registry.prunable_weights):
+    """``check_fit(targets)``: warns for each ``(path, layer)`` the pattern does not fit (see
+    :func:`_check_pattern_fit`); ``prunable(layer)`` gives the weights a wrapper prunes."""
+
+    def check_fit(targets):
+        built = [(path, layer, prunable(layer)) for path, layer in targets if layer.built]
+        weights = [(path, w) for path, _, own in built for w in own]
+        axes = [axis for _, layer, own in built for axis in input_axes(layer, own)]
+        _check_pattern_fit(None, weights, block, m_by_n, built_all=len(built) == len(targets), axes=axes)
+
+    return check_fit
 
 
 def _check_unpruned(model: keras.Model) -> None:

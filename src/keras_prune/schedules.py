@@ -15,6 +15,7 @@ import keras
 from keras_prune._validation import check_int, check_sparsity
 
 _PACKAGE = "keras_prune"
+_INT32_MAX = 2**31 - 1  # the step counter is int32; later steps are never reached
 
 
 class PruningSchedule(abc.ABC):
@@ -41,6 +42,19 @@ class PruningSchedule(abc.ABC):
     def __call__(self, step: int) -> tuple[bool, float]:
         """Returns ``(should_update, sparsity)`` for ``step``, as tfmot's schedules do."""
         return self.should_update(step), self.sparsity_at(step)
+
+    def update_condition(self, step):
+        """:meth:`should_update` as a boolean tensor of the int32 step tensor ``step``.
+
+        Used inside compiled train steps; a schedule without ``begin_step``, ``end_step`` and
+        ``frequency`` overrides it.
+        """
+        ops = keras.ops
+        begin, frequency = min(self.begin_step, _INT32_MAX), min(self.frequency, _INT32_MAX)
+        due = ops.logical_and(ops.greater_equal(step, begin), ops.equal(ops.mod(step - begin, frequency), 0))
+        if self.end_step >= 0:
+            due = ops.logical_and(due, ops.less_equal(step, min(self.end_step, _INT32_MAX)))
+        return due
 
     @abc.abstractmethod
     def get_config(self) -> dict:

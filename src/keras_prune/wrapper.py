@@ -51,7 +51,7 @@ class PruneLowMagnitude(PruningState, keras.layers.Wrapper):
         scope: str = "layer",
         **kwargs,
     ):
-        check_layer(layer)
+        self._check_wrappable(layer)
         kwargs.setdefault("name", f"prune_low_magnitude_{layer.name}")
         super().__init__(layer, **kwargs)
         self.init_pruning(pruning_schedule or ConstantSparsity(0.5, 0), block_size, block_pooling_type,
@@ -65,8 +65,13 @@ class PruneLowMagnitude(PruningState, keras.layers.Wrapper):
             self.layer.build(input_shape)
         self._create_state()
 
+    def _check_wrappable(self, layer) -> None:
+        """Raises unless this wrapper can prune ``layer`` (subclasses may accept more)."""
+        check_layer(layer)
+
     def get_build_config(self):
-        return {"layer": self.layer.get_build_config()}
+        # Nothing to record while unbuilt: a saved unbuilt wrapper then loads unbuilt.
+        return {"layer": self.layer.get_build_config()} if self.layer.built else None
 
     def build_from_config(self, config):
         if not self.layer.built and config.get("layer"):

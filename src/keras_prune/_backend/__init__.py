@@ -23,14 +23,6 @@ def current() -> ModuleType:
     return importlib.import_module(f"keras_prune._backend.{name if name in ('tensorflow', 'jax') else 'eager'}")
 
 
-INT32_MAX = 2**31 - 1  # the step counter is int32; later steps are never reached
-
-
 def is_update_step(schedule, step):
     """The schedule's update rule as a tensor predicate of the int32 step tensor ``step``."""
-    ops = keras.ops
-    begin, frequency = min(schedule.begin_step, INT32_MAX), min(schedule.frequency, INT32_MAX)
-    due = ops.logical_and(ops.greater_equal(step, begin), ops.equal(ops.mod(step - begin, frequency), 0))
-    if schedule.end_step >= 0:
-        due = ops.logical_and(due, ops.less_equal(step, min(schedule.end_step, INT32_MAX)))
-    return due
+    return schedule.update_condition(step)

@@ -19,48 +19,147 @@ from types import SimpleNamespace
 import keras
 
 import keras_prune
-from keras_prune import masks
-from keras_prune.core import check_schedule, check_scope
-from keras_prune.prune import wrap_layers
-from keras_prune.schedules import ConstantSparsity
+from keras_prune import masks, registry
+from keras_prune.callbacks import collect_pruning
+from keras_prune.compat.callbacks import PruningSummaries, UpdatePruningStep
+from keras_prune.compat.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule, core_schedule
+from keras_prune.compat.wrapper import PruneLowMagnitude, check_wrappable, tfmot_prunable_weights
+from keras_prune.compat.wrapping import PruningPolicy, unwrap_model, wrap_model
+from keras_prune.core import PruningState, check_scope
+from keras_prune.prune import pattern_fit_check
+from keras_prune.pruned_model import PrunedModel
 
 
 def prune_low_magnitude(
     to_prune,
-    pruning_schedule=None,
-    block_size=(1, 1),
-    block_pooling_type="AVG",
-    pruning_policy=None,
-    sparsity_m_by_n=None,
+    pruning_schedule: PruningSchedule | None = None,
+    block_size: tuple[int, int] = (1, 1),
+    block_pooling_type: str = "AVG",
+    pruning_policy: PruningPolicy | None = None,
+    sparsity_m_by_n: tuple[int, int] | None = None,
     **kwargs,
 ):
-    """tfmot's ``prune_low_magnitude``, with tfmot's positional argument order.
+    """tfmot's ``prune_low_magnitude``: wraps a layer, each layer of a list, or each layer of a model.
 
-    As in tfmot, each pruned layer of a model is wrapped in a ``PruneLowMagnitude`` found in
-    ``model.layers`` (Sequential and functional models are cloned), and ``pruning_policy``
-    chooses the layers.
+    As in tfmot, every layer of a Sequential or functional model is wrapped in a
+    ``PruneLowMagnitude`` found in ``model.layers`` (layers with nothing to prune, such as
+    Dropout or Add, in a wrapper that only passes through), around the same layer objects;
+    layers already wrapped are kept, and ``pruning_policy`` chooses the layers. Subclassed
+    models (which tfmot refuses) get wrappers in place for their prunable sub-layers.
+    ``**kwargs`` go to the wrapper of a single layer.
+
+    Raises:
+        ValueError: what tfmot rejects (an object that is not a layer, a list or a model, a
+            custom layer that declares nothing to prune, bad schedule or pattern arguments),
+            and a model with nothing to prune.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.1)])
+        >>> pruned = prune_low_magnitude(model)
+        >>> [type(layer).__name__ for layer in pruned.layers], pruned.layers[0].layer is model.layers[0]
+        (['PruneLowMagnitude', 'PruneLowMagnitude'], True)
     """
     block, pooling, m_by_n = masks.check_pattern(block_size, block_pooling_type, sparsity_m_by_n)
-    scope = check_scope(kwargs.pop("scope", "layer"), block, m_by_n)
-    return wrap_layers(
-        to_prune,
-        check_schedule(pruning_schedule or ConstantSparsity(0.5, 0)),
-        pruning_policy=pruning_policy,
-        block_size=block,
-        block_pooling_type=pooling,
-        sparsity_m_by_n=m_by_n,
-        scope=scope,
-        **kwargs,
+    settings = {
+        "pruning_schedule": core_schedule(pruning_schedule or ConstantSparsity(0.5, 0)),
+        "block_size": block,
+        "block_pooling_type": pooling,
+        "sparsity_m_by_n": m_by_n,
+        "scope": check_scope(kwargs.pop("scope", "layer"), block, m_by_n),
+    }
+    check_fit = pattern_fit_check(block, m_by_n, tfmot_prunable_weights)
+
+    def wrap(layer):
+        return PruneLowMagnitude(layer, **settings)
+
+    if isinstance(to_prune, list):
+        return _wrap_list(to_prune, wrap, check_fit)
+    if isinstance(to_prune, keras.Model):
+        return _wrap_model(to_prune, wrap, pruning_policy, check_fit)
+    if isinstance(to_prune, keras.layers.Layer):
+        check_wrappable(to_prune)
+        check_fit([(to_prune.name, to_prune)] if _prunes(to_prune) else [])
+        return PruneLowMagnitude(to_prune, **settings, **kwargs)
+    raise ValueError(
+        "`prune_low_magnitude` can only prune an object of the following types: "
+        "keras.models.Sequential, keras functional model, keras.layers.Layer, list of "
+        f"keras.layers.Layer. Received: an object of type {type(to_prune).__name__}"
     )
+
+
+def _prunes(layer: keras.layers.Layer) -> bool:
+    """Whether the wrapper of ``layer`` will prune something (an unbuilt layer: by its type)."""
+    if layer.built:
+        return bool(tfmot_prunable_weights(layer))
+    return registry.has_rule(layer) and not isinstance(layer, keras.layers.DepthwiseConv2D)
+
+
+def _wants_wrapper(layer: keras.layers.Layer, policy: PruningPolicy | None) -> bool:
+    """tfmot wraps every layer but inputs, models and wrappers, unless the policy says no."""
+    if isinstance(layer, (keras.Model, keras.layers.InputLayer, PruningState)):
+        return False
+    if policy is not None and not policy.allow_pruning(layer):
+        return False  # before the checks, so an excluded custom layer needs no declaration
+    check_wrappable(layer)
+    return True
+
+
+def _wrap_list(layers: list, wrap, check_fit) -> list:
+    """tfmot's list: wrappers kept, input layers copied, every other layer wrapped."""
+    for layer in layers:
+        if not isinstance(layer, (PruningState, keras.layers.InputLayer)):
+            check_wrappable(layer)
+    check_fit([(layer.name, layer) for layer in layers if not isinstance(layer, PruningState) and _prunes(layer)])
+    return [
+        layer if isinstance(layer, PruningState)
+        else type(layer).from_config(layer.get_config()) if isinstance(layer, keras.layers.InputLayer)
+        else wrap(layer)
+        for layer in layers
+    ]
+
+
+def _wrap_model(model: keras.Model, wrap, policy, check_fit) -> keras.Model:
+    if isinstance(model, PruningState):
+        raise ValueError(
+            f"Model '{model.name}' is already pruned by keras_prune.prune_low_magnitude(); strip it "
+            "with keras_prune.strip_pruning() first."
+        )
+    if policy is not None and not isinstance(policy, PruningPolicy):
+        raise ValueError(
+            f"Argument `pruning_policy` must be a PruningPolicy. Received: pruning_policy={policy!r}"
+        )
+    return wrap_model(model, wrap, lambda layer: _wants_wrapper(layer, policy), _prunes, policy, check_fit)
+
+
+def strip_pruning(model: keras.Model) -> keras.Model:
+    """tfmot's ``strip_pruning``: the model without its wrappers, around the same layer objects.
+
+    Layers of any class come back as they are (no copy through their config), with their
+    pruned weights at 0. A model pruned by :func:`keras_prune.prune_low_magnitude` is
+    stripped as :func:`keras_prune.strip_pruning` does.
+
+    Raises:
+        ValueError: ``model`` is not a Keras model (as in tfmot).
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        >>> strip_pruning(prune_low_magnitude(model)).layers[0] is model.layers[0]
+        True
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
+    if any(isinstance(state, PrunedModel) for state in collect_pruning(model)):
+        return keras_prune.strip_pruning(model)  # pruned by the core, not by wrappers: the core's rules
+    return unwrap_model(model, reuse=True)
 
 
 @contextlib.contextmanager
 def prune_scope():
     """tfmot's deserialization scope. keras-prune classes are registered, so it is optional."""
     objects = {
-        "PruneLowMagnitude": keras_prune.PruneLowMagnitude,
-        "ConstantSparsity": keras_prune.ConstantSparsity,
-        "PolynomialDecay": keras_prune.PolynomialDecay,
+        "PruneLowMagnitude": PruneLowMagnitude,
+        "ConstantSparsity": ConstantSparsity,
+        "PolynomialDecay": PolynomialDecay,
     }
     with keras.saving.custom_object_scope(objects):
         yield
@@ -69,16 +168,17 @@ def prune_scope():
 sparsity = SimpleNamespace(
     keras=SimpleNamespace(
         prune_low_magnitude=prune_low_magnitude,
-        strip_pruning=keras_prune.strip_pruning,
+        strip_pruning=strip_pruning,
         prune_scope=prune_scope,
-        UpdatePruningStep=keras_prune.UpdatePruningStep,
-        PruningSummaries=keras_prune.PruningSummaries,
-        PruningSchedule=keras_prune.PruningSchedule,
-        ConstantSparsity=keras_prune.ConstantSparsity,
-        PolynomialDecay=keras_prune.PolynomialDecay,
+        UpdatePruningStep=UpdatePruningStep,
+        PruningSummaries=PruningSummaries,
+        PruningSchedule=PruningSchedule,
+        ConstantSparsity=ConstantSparsity,
+        PolynomialDecay=PolynomialDecay,
         PrunableLayer=keras_prune.PrunableLayer,
-        PruningPolicy=keras_prune.PruningPolicy,
+        PruningPolicy=PruningPolicy,
+        PruneLowMagnitude=PruneLowMagnitude,
     )
 )
 
-__all__ = ["sparsity"]
+__all__ = ["prune_low_magnitude", "prune_scope", "sparsity", "strip_pruning"]

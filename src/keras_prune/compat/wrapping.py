@@ -1,11 +1,12 @@
 """tfmot's way of pruning a model: a ``PruneLowMagnitude`` wrapper spliced in for each layer.
 
 :mod:`keras_prune.compat.tfmot` uses it, so code written for tfmot finds the wrappers it
-expects in ``model.layers``. Sequential and functional models are cloned (layers copied with
-their weights), so the model passed in is never modified; subclassed models cannot be
-cloned, so their prunable sub-layers are swapped for wrappers in place, after every check
-has passed. :func:`keras_prune.prune_low_magnitude` prunes any model, at any depth, without
-wrappers (see :class:`keras_prune.PrunedModel`).
+expects in ``model.layers``. As in tfmot, Sequential and functional models are cloned around
+the same layer objects: the pruned model holds the original layers and weights (wrapped),
+and stripping hands them back. Subclassed models cannot be cloned, so their prunable
+sub-layers are swapped for wrappers in place, after every check has passed.
+:func:`keras_prune.prune_low_magnitude` prunes any model, at any depth, without wrappers
+(see :class:`keras_prune.PrunedModel`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import keras
 from keras.src.models.functional import Functional  # Keras exports no public type for it
 
 from keras_prune import registry
+from keras_prune._keras_compat import all_layers
 from keras_prune.oneshot import ensure_prunable, list_paths
-from keras_prune.wrapper import PruneLowMagnitude, check_layer
+from keras_prune.wrapper import PruneLowMagnitude
 
 
 class PruningPolicy:
@@ -43,16 +45,6 @@ def _is_clonable(model: keras.Model) -> bool:
     return isinstance(model, (keras.Sequential, Functional))
 
 
-def _wants_pruning(layer, policy: PruningPolicy | None) -> bool:
-    if isinstance(layer, PruneLowMagnitude):
-        check_layer(layer)  # raises: pruning an already pruned model
-    if isinstance(layer, (keras.Model, keras.layers.InputLayer)):
-        return False
-    if policy is not None and not policy.allow_pruning(layer):
-        return False  # before the registry, so an excluded custom layer needs no declaration
-    return bool(registry.prunable_weights(layer) if layer.built else registry.has_rule(layer))
-
-
 def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
     """A fresh layer with the same config, built the same way (weights copied later)."""
     copy = layer.__class__.from_config(layer.get_config())
@@ -66,11 +58,13 @@ def transform_layers(
     model: keras.Model,
     replace: Callable[[keras.layers.Layer], keras.layers.Layer],
     wants: Callable[[keras.layers.Layer], bool],
+    reuse: bool = False,
 ) -> keras.Model:
     """Clones ``model`` (recursing into nested models), passing chosen layers through ``replace``.
 
-    Every layer is a fresh copy, so the result shares no state with ``model``; weights are
-    copied once the clone is built.
+    With ``reuse``, the clone holds the same layer objects (tfmot's way); otherwise every layer
+    is a fresh copy, so the result shares no state with ``model``, and weights are copied once
+    the clone is built.
     """
     pairs = []
 
@@ -78,8 +72,13 @@ def transform_layers(
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a stateless operation (x[..., 0], ops.add, ...) is reused as is
         if isinstance(layer, keras.Model) and _is_clonable(layer):
-            return transform_layers(layer, replace, wants)
-        new = replace(layer) if wants(layer) else _copy_layer(layer)
+            return transform_layers(layer, replace, wants, reuse)
+        if wants(layer):
+            new = replace(layer)
+        elif reuse:
+            return layer
+        else:
+            new = _copy_layer(layer)
         pairs.append((layer, new))
         return new
 
@@ -87,8 +86,8 @@ def transform_layers(
     if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
         inputs = keras.tree.map_structure(_same_input, model.input)
     cloned = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    for old, new in pairs:
-        # Weights live in the wrapped layer: pruning wraps the copy, stripping unwraps it.
+    for old, new in [] if reuse else pairs:
+        # Weights live in the wrapped layer: stripping unwraps it into a copy.
         source = old.layer if isinstance(old, PruneLowMagnitude) else old
         target = new.layer if isinstance(new, PruneLowMagnitude) else new
         if source.built:
@@ -146,13 +145,6 @@ def _is_container(layer) -> bool:
     return bool(children) and all(id(w) in inner for w in layer.weights)
 
 
-def _check_all(model: keras.Model, wants) -> None:
-    """Visits every layer first, so an unsupported one raises before any cloning."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.Model):
-            wants(layer)
-
-
 def _clonable_targets(model: keras.Model, wants, prefix: str = ""):
     """``(path, layer)`` for each layer :func:`transform_layers` will wrap, in model order."""
     for layer in model.layers:
@@ -164,7 +156,7 @@ def _clonable_targets(model: keras.Model, wants, prefix: str = ""):
 
 
 def _check_targets(model: keras.Model, targets: list, policy: PruningPolicy | None, check_fit) -> None:
-    """Raises unless something will be wrapped and the pattern fits it; warns where it does not."""
+    """Raises unless something will be pruned and the pattern fits it; warns where it does not."""
     if not targets:
         candidates = list_paths(ensure_prunable(model))  # raises: the model has nothing to prune
         if policy is None:
@@ -182,27 +174,28 @@ def _check_targets(model: keras.Model, targets: list, policy: PruningPolicy | No
     check_fit(targets)
 
 
-def wrap_model(model: keras.Model, wrap, policy: PruningPolicy | None, check_fit) -> keras.Model:
-    """``model`` with ``wrap(layer)`` for each layer ``policy`` allows (cloned, or in place).
+def wrap_model(model: keras.Model, wrap, wants, prunes, policy: PruningPolicy | None, check_fit) -> keras.Model:
+    """``model`` with ``wrap(layer)`` for each layer ``wants`` chooses (cloned, or in place).
 
-    ``check_fit(targets)`` checks the pattern against the ``(path, layer)`` pairs to wrap.
+    ``prunes(layer)`` says whether a chosen layer has weights to prune: a subclassed model
+    gets wrappers for those only, and a model where none has any is refused (unless it is
+    already partly pruned). ``check_fit(targets)`` checks the pattern against the
+    ``(path, layer)`` pairs that prune.
     """
-
-    def wants(layer):
-        return _wants_pruning(layer, policy)
-
     if policy is not None:
         policy.ensure_model_supports_pruning(model)
+    partly_pruned = any(isinstance(layer, PruneLowMagnitude) for layer in all_layers(model))
     if _is_clonable(model):
-        _check_all(model, wants)
-        _check_targets(model, list(_clonable_targets(model, wants)), policy, check_fit)
-        return transform_layers(model, lambda layer: wrap(_copy_layer(layer)), wants)
+        targets = [(path, layer) for path, layer in _clonable_targets(model, wants) if prunes(layer)]
+        if targets or not partly_pruned:
+            _check_targets(model, targets, policy, check_fit)
+        return transform_layers(model, wrap, wants, reuse=True)
     if not model.built:
         raise ValueError(
             f"Subclassed model '{model.name}' must be built before pruning: call it on a "
             "batch of data (or model.build(input_shape)) first."
         )
-    plan = _plan_in_place(model, wants, [])
+    plan = _plan_in_place(model, lambda layer: wants(layer) and prunes(layer), [])
     _check_targets(model, [(layer.name, layer) for _, _, _, layer in plan], policy, check_fit)
     wrappers = [wrap(layer) for _, _, _, layer in plan]  # may raise; nothing swapped yet
     for (container, holder, key, layer), wrapper in zip(plan, wrappers):
@@ -210,17 +203,22 @@ def wrap_model(model: keras.Model, wrap, policy: PruningPolicy | None, check_fit
     return model
 
 
-def unwrap_model(model: keras.Model) -> keras.Model:
-    """``model`` without its ``PruneLowMagnitude`` wrappers (cloned, or restored in place)."""
+def _unwrap(wrapper: PruneLowMagnitude) -> keras.layers.Layer:
+    wrapper.release_constraints()
+    return wrapper.layer
+
+
+def unwrap_model(model: keras.Model, reuse: bool = False) -> keras.Model:
+    """``model`` without its ``PruneLowMagnitude`` wrappers (cloned, or restored in place).
+
+    With ``reuse``, the clone holds the wrapped layer objects themselves (tfmot's way);
+    otherwise copies of them.
+    """
+    def is_wrapper(layer):
+        return isinstance(layer, PruneLowMagnitude)
+
     if _is_clonable(model):
-        return transform_layers(
-            model,
-            lambda wrapper: _copy_layer(wrapper.layer),
-            lambda layer: isinstance(layer, PruneLowMagnitude),
-        )
-    for container, holder, key, wrapper in _plan_in_place(
-        model, lambda layer: isinstance(layer, PruneLowMagnitude), []
-    ):
-        wrapper.release_constraints()
-        _swap(container, holder, key, wrapper, wrapper.layer)
+        return transform_layers(model, _unwrap if reuse else lambda w: _copy_layer(w.layer), is_wrapper, reuse)
+    for container, holder, key, wrapper in _plan_in_place(model, is_wrapper, []):
+        _swap(container, holder, key, wrapper, _unwrap(wrapper))
     return model
