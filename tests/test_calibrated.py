@@ -118,23 +118,39 @@ def test_sparsity_zero_leaves_every_weight_bit_identical(method):
         np.testing.assert_array_equal(old, numpy(new))
 
 
-def test_each_layer_is_calibrated_on_the_outputs_of_the_already_pruned_layers_before_it():
+@pytest.mark.parametrize("compensate", [False, True])
+def test_each_layer_is_calibrated_on_the_outputs_of_the_already_pruned_layers_before_it(compensate):
     model = two_layer_model()
     x = RNG.normal(size=(64, 12)).astype("float32")
     (w1, b1), (w2, _) = [(numpy(layer.kernel), numpy(layer.bias)) for layer in model.layers]
     expected = []
-    inputs = x.astype(np.float64)
+    inputs = dense = x.astype(np.float64)
     for w, b in ((w1, b1), (w2, None)):
         stats = InputStatistics(w.shape[0], gram=True)
         stats.add(inputs)
+        if compensate and w is w2:  # the target: what the unpruned first layer would give
+            stats.add_dense(inputs, dense)
         pruned = SparseGPT().prune(w, stats, prune_count(0.5, w.size)).matrix
         expected.append(pruned)
         if b is not None:
-            inputs = np.maximum(inputs @ pruned + b, 0)
-    report = oneshot_prune(model, x, method="sparsegpt", sparsity=0.5, batch_size=16)
+            inputs, dense = np.maximum(inputs @ pruned + b, 0), np.maximum(dense @ w + b, 0)
+    report = oneshot_prune(model, x, method="sparsegpt", sparsity=0.5, batch_size=16, compensate=compensate)
     for layer, want in zip(model.layers, expected):
         np.testing.assert_allclose(numpy(layer.kernel), want, atol=1e-5)
     assert report.settings["method"] == "sparsegpt" and report.settings["samples"] == 64
+
+
+def test_compensating_for_earlier_layers_brings_the_output_closer_to_the_dense_model():
+    model = keras.Sequential([keras.Input((24,)), *[keras.layers.Dense(24, activation="tanh") for _ in range(3)],
+                              keras.layers.Dense(4)])
+    x = RNG.normal(size=(256, 24)).astype("float32")
+    reference, start = numpy(model(x)), model.get_weights()
+    errors = {}
+    for compensate in (False, True):
+        model.set_weights(start)
+        oneshot_prune(model, x, sparsity=0.8, compensate=compensate)
+        errors[compensate] = float(np.mean((numpy(model(x)) - reference) ** 2))
+    assert errors[True] < 0.8 * errors[False]
 
 
 def small_cnn():

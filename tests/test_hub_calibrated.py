@@ -53,9 +53,9 @@ def test_held_hidden_states_give_the_weights_of_whole_forward_passes(name, monke
     passes = []
     original = calibration.forward
 
-    def counted(model, batches, **kwargs):
+    def counted(model, batches, *args, **kwargs):
         passes.append(1)
-        return original(model, batches, **kwargs)
+        return original(model, batches, *args, **kwargs)
 
     monkeypatch.setattr("keras_prune.calibrated.forward", counted)
     report = oneshot_prune(model, inputs, method="sparsegpt", sparsity_m_by_n=(2, 4), layers=BLOCKS,
@@ -64,7 +64,7 @@ def test_held_hidden_states_give_the_weights_of_whole_forward_passes(name, monke
     assert not [w for w in report.warnings if re.search(BLOCKS, w.layer)]  # all calibrated, none by magnitude
     held = [keras.ops.convert_to_numpy(w) for w in model.weights]
     model.set_weights(start)
-    monkeypatch.setattr(LayerStack, "capture", classmethod(lambda cls, *args: None))
+    monkeypatch.setattr(LayerStack, "capture", classmethod(lambda cls, *args, **kwargs: None))
     oneshot_prune(model, inputs, method="sparsegpt", sparsity_m_by_n=(2, 4), layers=BLOCKS,
                   batch_size=4)
     assert len(passes) == len(model.transformer_layers)

@@ -10,6 +10,7 @@ the layers of a transformer stack, see :mod:`keras_prune.layer_stack`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -58,6 +59,7 @@ def oneshot_prune(
     batch_size: int = 32,
     damping: float = 0.01,
     block_columns: int = 128,
+    compensate: bool = True,
     inplace: bool = True,
     progress: bool = False,
 ) -> PruningReport:
@@ -82,6 +84,10 @@ def oneshot_prune(
         batch_size: batch size for array calibration data.
         damping: SparseGPT's dampening, a fraction of the Hessian's mean diagonal.
         block_columns: SparseGPT's lazy block of features.
+        compensate: SparseGPT: the kept weights of each layer also make up for the error of
+            the layers pruned before it (its target is the unpruned model's output, not its
+            own output on pruned inputs); costs a second pass per block on the unpruned
+            weights. ``False`` is the paper's sequential scheme.
         inplace: modify ``model``; if ``False``, prune a copy (``report.model``).
         progress: show a progress bar over the blocks.
 
@@ -115,26 +121,52 @@ def oneshot_prune(
         model = copy_model(model)
     work = _plan(model, settings)
     notes = work.notes + _probe(model, work, batches[0])
-    originals = {}
+    changes = _Changes()
+    paired = compensate and isinstance(criterion, SparseGPT)
     stacks: dict[int, LayerStack | None] = {}
     try:
-        for block in track(_blocks(model, work), description="Calibrating", disable=not progress,
-                           transient=True):
-            runner = _stack_runner(model, block, batches, stacks)
-            notes += _prune_block(model, block.targets, criterion, batches, originals, work.m_by_n, runner)
-            if runner is not None:
-                runner.advance()
-        for target in work.targets:
+        for target in work.targets:  # first, so the calibrated blocks see them pruned
             if not target.calibrated:
                 values = keras.ops.convert_to_numpy(target.variable)
-                originals.setdefault(id(target.variable), (target.variable, values))
-                target.variable.assign(zero_pruned(values, target.fallback))
+                changes.assign(target.variable, values, zero_pruned(values, target.fallback))
+        for block in track(_blocks(model, work), description="Calibrating", disable=not progress,
+                           transient=True):
+            runner = _stack_runner(model, block, batches, stacks, changes if paired else None)
+            notes += _prune_block(model, block.targets, criterion, batches, changes, work.m_by_n, runner, paired)
+            if runner is not None:
+                runner.advance()
     except BaseException:
-        for variable, values in originals.values():
-            variable.assign(values)
+        changes.restore()
         raise
     used = sum(batch_length(batch) for batch in batches)
     return _report(model, settings, method, used, damping, work, notes, layers)
+
+
+class _Changes:
+    """The weights changed so far, with their values before and after: to undo the changes
+    after an error, or to run the unpruned model for a moment (:meth:`unpruned`)."""
+
+    def __init__(self):
+        self.before: dict[int, tuple] = {}
+        self.after: dict[int, tuple] = {}
+
+    def assign(self, variable, values: np.ndarray, new: np.ndarray) -> None:
+        self.before.setdefault(id(variable), (variable, values))
+        variable.assign(new)
+        self.after[id(variable)] = (variable, new)
+
+    def restore(self) -> None:
+        for variable, values in self.before.values():
+            variable.assign(values)
+
+    @contextlib.contextmanager
+    def unpruned(self):
+        self.restore()
+        try:
+            yield
+        finally:
+            for variable, values in self.after.values():
+                variable.assign(values)
 
 
 def _criterion(method: str, damping: float, block_columns: int) -> Criterion:
@@ -245,35 +277,38 @@ def _transformer_stacks(model: keras.Model) -> list[tuple[list, int, set[int]]]:
     return found
 
 
-def _stack_runner(model, block: _Block, batches, stacks: dict) -> LayerStack | None:
-    """The held inputs of ``block``'s transformer layer, or ``None`` to use whole forward passes."""
+def _stack_runner(model, block: _Block, batches, stacks: dict, changes: _Changes | None) -> LayerStack | None:
+    """The held inputs of ``block``'s transformer layer, or ``None`` to use whole forward passes.
+    With ``changes``, also those the unpruned model gives it."""
     if block.stack is None:
         return None
     key = id(block.stack[0])
     if key not in stacks:
-        stacks[key] = LayerStack.capture(model, block.stack, block.index, batches)
+        stacks[key] = LayerStack.capture(model, block.stack, block.index, batches,
+                                         unpruned=changes.unpruned if changes is not None else None)
     runner = stacks[key]
     if runner is not None:
         runner.advance(to=block.index)
     return runner
 
 
-def _prune_block(model, block: list[_Target], criterion: Criterion, batches, originals: dict,
-                 m_by_n: tuple[int, int] | None, runner: LayerStack | None) -> list[LayerWarning]:
+def _prune_block(model, block: list[_Target], criterion: Criterion, batches, changes: _Changes,
+                 m_by_n: tuple[int, int] | None, runner: LayerStack | None, paired: bool) -> list[LayerWarning]:
     """Collects the block's input statistics on ``batches`` (through ``runner`` when there is
-    one), then prunes each of its weights."""
+    one; ``paired``: with the inputs the unpruned model gives it), then prunes its weights."""
     gram = criterion.statistics == "gram"
     statistics = {}
     for target in block:
         statistics[id(target.view.layer)] = (target.view, InputStatistics(target.view.size, gram=gram))
     stop_after = {id(t.view.layer): t.calls for t in block}
     try:
+        paired = paired and bool(changes.before)  # nothing pruned yet: the inputs are the unpruned ones
         if runner is not None:
-            with recording(statistics):
-                runner.run()
+            with recording(statistics, paired=paired) as recorder:
+                runner.run(recorder)
         else:
-            with recording(statistics, stop_after) as calls:
-                forward(model, batches, calls=calls)
+            with recording(statistics, stop_after, paired=paired) as recorder:
+                forward(model, batches, recorder, changes.unpruned if paired else None)
     except ValueError as error:
         raise ValueError(f"Calibration stopped before any weight changed: {error}") from None
     notes = []
@@ -282,8 +317,7 @@ def _prune_block(model, block: list[_Target], criterion: Criterion, batches, ori
         stats = statistics[id(target.view.layer)][1]
         values = keras.ops.convert_to_numpy(target.variable)
         result = criterion.prune(target.view.to_matrix(values), stats, target.count, m_by_n)
-        originals.setdefault(id(target.variable), (target.variable, values))
-        target.variable.assign(target.view.from_matrix(result.matrix).astype(values.dtype))
+        changes.assign(target.variable, values, target.view.from_matrix(result.matrix).astype(values.dtype))
         if result.note:
             notes.append(LayerWarning(target.path, result.note))
         if gram and stats.rows < target.view.size:
@@ -344,6 +378,6 @@ def statistics_by_weight(model: keras.Model, calibration_data: object, *, layers
     views = weight_views(model, [variable for _, variable in selected])
     statistics = {id(view.layer): (path, view, InputStatistics(view.size, gram=gram))
                   for (path, _), view in zip(selected, views) if view is not None}
-    with recording({key: (view, stats) for key, (_, view, stats) in statistics.items()}) as calls:
-        forward(model, batches, calls=calls)
+    with recording({key: (view, stats) for key, (_, view, stats) in statistics.items()}) as recorder:
+        forward(model, batches, recorder)
     return {id(view.variable): (path, view, stats) for path, view, stats in statistics.values() if stats.rows}

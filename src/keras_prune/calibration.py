@@ -11,7 +11,7 @@ activations, so memory grows with the layers being calibrated, not with the data
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
@@ -27,6 +27,8 @@ class InputStatistics:
         rows: how many rows (tokens, pixels, examples) were added.
         squares: ``(K,)`` sum of each feature's squares.
         gram: ``(K, K)`` sum of ``x^T x`` over rows, or ``None`` when not collected.
+        cross: ``(K, K)`` sum of ``x^T d`` over pairs of rows, ``x`` as the layer sees it and
+            ``d`` as it would in the model before pruning; ``None`` until a pair is added.
 
     Example:
         >>> stats = InputStatistics(2, gram=True)
@@ -39,6 +41,7 @@ class InputStatistics:
         self.rows = 0
         self.squares = np.zeros(features)
         self.gram = np.zeros((features, features)) if gram else None
+        self.cross = None
 
     def add(self, rows: np.ndarray) -> None:
         """Adds ``(n, K)`` rows; raises :class:`NonFiniteInputs` if any value is NaN or infinite."""
@@ -49,6 +52,16 @@ class InputStatistics:
         self.squares += np.einsum("ij,ij->j", rows, rows)
         if self.gram is not None:
             self.gram += rows.T @ rows
+
+    def add_dense(self, rows: np.ndarray, dense_rows: np.ndarray) -> None:
+        """Adds to ``cross`` the rows already added (``rows``) paired with the same rows as the
+        unpruned model gives them (``dense_rows``)."""
+        dense_rows = np.asarray(dense_rows, dtype=np.float64)
+        if not np.isfinite(dense_rows).all():
+            raise NonFiniteInputs("NaN or infinite values")
+        if self.cross is None:
+            self.cross = np.zeros((rows.shape[1], rows.shape[1]))
+        self.cross += np.asarray(rows, dtype=np.float64).T @ dense_rows
 
     @property
     def norms(self) -> np.ndarray:
@@ -141,30 +154,49 @@ def _describe(data: object) -> str:
     return f"calibration_data={shapes}"
 
 
+class Recorder:
+    """What the hooks of :func:`recording` share: the calls counted in this pass, whether the
+    pass runs the unpruned weights (``dense``), and the rows waiting for their dense pair."""
+
+    def __init__(self, paired: bool):
+        self.calls: dict[int, int] = {}
+        self.dense = False
+        self.paired = paired
+        self.pending: dict[int, list] = {}
+
+
 @contextlib.contextmanager
 def recording(statistics: dict[int, tuple[LinearView, InputStatistics]],
-              stop_after: dict[int, int] | None = None) -> Iterator[dict[int, int]]:
+              stop_after: dict[int, int] | None = None, *, paired: bool = False) -> Iterator[Recorder]:
     """Hooks the layers of ``statistics`` (``{id(layer): (view, stats)}``) to add their inputs.
 
     With ``stop_after`` (``{id(layer): calls per forward pass}``), the forward pass stops once
-    every hooked layer has been called that often: later layers need not run. Yields the
-    calls counted so far (for :func:`forward` to reset per pass). Hooks are removed on exit,
-    even after an error.
+    every hooked layer has been called that often: later layers need not run. With ``paired``,
+    each pass is followed by one on the unpruned weights (``recorder.dense``), whose inputs
+    pair up with the first pass's rows in ``stats.cross``. Hooks are removed on exit, even
+    after an error.
     """
-    calls: dict[int, int] = {}
+    recorder = Recorder(paired)
 
     def record(layer, call):
         view, stats = statistics[id(layer)]
 
         def hooked(*args, **kwargs):
             inputs = args[0] if args else kwargs.get("inputs")
+            rows = view.features(keras.ops.convert_to_numpy(inputs))
             try:
-                stats.add(view.features(keras.ops.convert_to_numpy(inputs)))
+                if recorder.dense:
+                    stats.add_dense(recorder.pending[id(layer)].pop(0), rows)
+                else:
+                    stats.add(rows)
+                    if recorder.paired:
+                        recorder.pending.setdefault(id(layer), []).append(rows)
             except NonFiniteInputs:
                 raise NonFiniteInputs(
                     f"layer '{layer.name}' received NaN or infinite inputs on the calibration data; "
                     "check the data (scaling, missing values) and the model's earlier layers"
                 ) from None
+            calls = recorder.calls
             calls[id(layer)] = calls.get(id(layer), 0) + 1
             if stop_after and all(calls.get(k, 0) >= n for k, n in stop_after.items()):
                 raise StopForward()
@@ -173,7 +205,7 @@ def recording(statistics: dict[int, tuple[LinearView, InputStatistics]],
         return hooked
 
     with hooking([view.layer for view, _ in statistics.values()], record):
-        yield calls
+        yield recorder
 
 
 @contextlib.contextmanager
@@ -193,16 +225,29 @@ def hooking(layers: Sequence[keras.layers.Layer], make_hook) -> Iterator[None]:
                 vars(layer)["call"] = own
 
 
-def forward(model: keras.Model, batches: Sequence, *, calls: dict | None = None) -> None:
+def forward(model: keras.Model, batches: Sequence, recorder: Recorder | None = None,
+            dense_weights: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
     """Runs ``model`` on each batch for its side effects (the hooks), in inference mode.
 
-    ``calls``, the counts :func:`recording` yields, start again at each batch.
+    With ``dense_weights`` (a context manager factory that puts the unpruned weights in
+    place), each batch runs again on them as the ``recorder``'s dense pass.
     """
     for batch in batches:
-        if calls is not None:
-            calls.clear()
-        with contextlib.suppress(StopForward):
-            model(batch, training=False)
+        _run(model, batch, recorder)
+        if dense_weights is not None:
+            with dense_weights():
+                recorder.dense = True
+                try:
+                    _run(model, batch, recorder)
+                finally:
+                    recorder.dense = False
+
+
+def _run(model, batch, recorder: Recorder | None) -> None:
+    if recorder is not None:
+        recorder.calls.clear()
+    with contextlib.suppress(StopForward):
+        model(batch, training=False)
 
 
 def call_order(model: keras.Model, layers: Sequence[keras.layers.Layer], batch) -> list[tuple[int, int]]:

@@ -129,7 +129,10 @@ class SparseGPT(Criterion):
     and each pruned weight's error is spread over the features not yet visited through the
     inverse Hessian of ``H = X^T X + damping * mean(diag) * I``, so the kept weights make up for
     the pruned ones on the calibration inputs. N:M chooses each group of ``n`` features as it
-    is reached. A Hessian that is not positive definite (in float32) is dampened ten times
+    is reached. When the statistics pair the layer's inputs with those of the unpruned model
+    (``stats.cross``), the weights first move to those that best reproduce the unpruned
+    model's outputs from the inputs the layer now gets, so layers make up for the error of
+    the layers pruned before them too. A Hessian that is not positive definite (in float32) is dampened ten times
     more until it is, and the result says so.
 
     Example:
@@ -160,7 +163,8 @@ class SparseGPT(Criterion):
         if not m_by_n and not count:
             return PruningResult(np.array(matrix, copy=True), np.ones(matrix.shape, dtype=bool))
         upper, note = self._inverse_factor(stats.gram)
-        weights = np.array(np.asarray(matrix).T, dtype=np.float32)  # (outputs, features): features as columns
+        target = self._compensated(np.asarray(matrix), stats)
+        weights = np.array(target.T, dtype=np.float32)  # (outputs, features): features as columns
         keep = np.ones(weights.shape, dtype=bool)
         features = weights.shape[1]
         step = self.block_columns if not m_by_n else max(1, self.block_columns // m_by_n[1]) * m_by_n[1]
@@ -171,6 +175,18 @@ class SparseGPT(Criterion):
             weights[:, end:] -= errors @ upper[start:end, end:]
         result = np.where(keep, weights, 0.0).T.astype(np.asarray(matrix).dtype)
         return PruningResult(result + 0, keep.T, note)
+
+    def _compensated(self, matrix: np.ndarray, stats) -> np.ndarray:
+        """The weights that best map the pruned inputs ``x`` to the unpruned model's outputs
+        ``d w``, when ``stats.cross`` (``x^T d``) is known, pulled toward ``w`` by the damping:
+        ``w + (x^T x + damping)^-1 (x^T d - x^T x) w``; else ``matrix`` itself."""
+        cross = getattr(stats, "cross", None)
+        if cross is None or np.array_equal(cross, stats.gram):
+            return matrix
+        gram = stats.gram
+        damped = gram + self.damping * float(np.mean(np.diag(gram))) * np.eye(len(gram))
+        shift = np.linalg.solve(damped, (cross - gram) @ matrix.astype(np.float64))
+        return (matrix + shift).astype(matrix.dtype)
 
     def _inverse_factor(self, gram: np.ndarray) -> tuple[np.ndarray, str | None]:
         """The upper Cholesky factor of ``H^-1`` (``H^-1 = U^T U``), and a note if dampened more.

@@ -27,55 +27,93 @@ class LayerStack:
         index: the layer whose inputs are held.
     """
 
-    def __init__(self, layers: Sequence[keras.layers.Layer], index: int, inputs: list, first_output: bool):
+    def __init__(self, layers: Sequence[keras.layers.Layer], index: int, inputs: list, first_output: bool,
+                 unpruned=None, dense_inputs: list | None = None):
         self.layers, self.index, self._inputs = list(layers), index, inputs
         self._first_output = first_output  # the next layer takes the first of several outputs
+        self._unpruned, self._dense_inputs = unpruned, dense_inputs
 
     @classmethod
     def capture(cls, model: keras.Model, layers: Sequence[keras.layers.Layer], index: int,
-                batches: Sequence) -> LayerStack | None:
+                batches: Sequence, *, unpruned=None) -> LayerStack | None:
         """Runs ``model`` up to ``layers[index]`` on each batch and holds that layer's inputs;
-        ``None`` if the stack does not chain its layers output to input."""
-        watched = list(layers[index: index + 2])
-        inputs, following = [], []
+        ``None`` if the stack does not chain its layers output to input.
 
-        def capture(layer, call):
-            def captured(*args, **kwargs):
-                (inputs if layer is watched[0] else following).append((args, kwargs))
-                if layer is watched[-1]:
-                    raise StopForward()
-                return call(*args, **kwargs)
+        With ``unpruned`` (a context manager factory putting the unpruned weights in place),
+        also holds the inputs the unpruned model gives the layer, moved along the stack on the
+        unpruned weights, for :meth:`run` to pair them up.
+        """
+        inputs = _inputs_of(model, layers, index, batches)
+        if inputs is None:
+            return None
+        stack_inputs, link = inputs
+        dense = None
+        if unpruned is not None:
+            with unpruned():
+                dense = _inputs_of(model, layers[index: index + 1], 0, batches)
+            if dense is None:
+                return None
+            dense = dense[0]
+        return cls(layers, index, stack_inputs, link == "first", unpruned, dense)
 
-            return captured
-
-        with hooking(watched, capture):
-            for position, batch in enumerate(batches):
-                with contextlib.suppress(StopForward):
-                    model(batch, training=False)
-                if len(inputs) != position + 1:
-                    return None  # called more than once per pass, or not at all
-                del following[1:]  # the chain check needs the first batch only
-        link = _link(watched[0], inputs[0], following) if len(watched) == 2 else "whole"
-        return None if link is None else cls(layers, index, inputs, link == "first")
-
-    def run(self) -> None:
-        """Calls the current layer on each held input (for the hooks that record statistics)."""
+    def run(self, recorder=None) -> None:
+        """Calls the current layer on each held input (for the hooks that record statistics),
+        each followed by its unpruned twin (as the ``recorder``'s dense pass) when held."""
         layer = self.layers[self.index]
-        for args, kwargs in self._inputs:
+        for position, (args, kwargs) in enumerate(self._inputs):
             layer(*args, **kwargs)
+            if self._dense_inputs is not None and recorder is not None and recorder.paired:
+                recorder.dense = True
+                try:
+                    dense_args, dense_kwargs = self._dense_inputs[position]
+                    layer(*dense_args, **dense_kwargs)
+                finally:
+                    recorder.dense = False
 
     def advance(self, to: int | None = None) -> None:
-        """Moves the held inputs through the current layer (as it is now), up to layer ``to``."""
+        """Moves the held inputs through the current layer (as it is now; the unpruned twins
+        through the unpruned layer), up to layer ``to``."""
         to = self.index + 1 if to is None else to
         while self.index < to:
             layer = self.layers[self.index]
-            self._inputs = [((self._hidden(layer(*args, **kwargs)), *args[1:]), kwargs)
-                            for args, kwargs in self._inputs]
+            self._inputs = self._through(layer, self._inputs)
+            if self._dense_inputs is not None:
+                with self._unpruned():
+                    self._dense_inputs = self._through(layer, self._dense_inputs)
             self.index += 1
 
+    def _through(self, layer, inputs: list) -> list:
+        return [((self._hidden(layer(*args, **kwargs)), *args[1:]), kwargs) for args, kwargs in inputs]
 
     def _hidden(self, outputs):
         return outputs[0] if self._first_output else outputs
+
+
+def _inputs_of(model, layers, index: int, batches) -> tuple[list, str] | None:
+    """The inputs ``layers[index]`` gets on each batch, and how the next layer's follow from its
+    output (see :func:`_link`); ``None`` if it is called other than once per pass, or the
+    next layer's inputs do not follow."""
+    watched = list(layers[index: index + 2])
+    inputs, following = [], []
+
+    def capture(layer, call):
+        def captured(*args, **kwargs):
+            (inputs if layer is watched[0] else following).append((args, kwargs))
+            if layer is watched[-1]:
+                raise StopForward()
+            return call(*args, **kwargs)
+
+        return captured
+
+    with hooking(watched, capture):
+        for position, batch in enumerate(batches):
+            with contextlib.suppress(StopForward):
+                model(batch, training=False)
+            if len(inputs) != position + 1:
+                return None  # called more than once per pass, or not at all
+            del following[1:]  # the chain check needs the first batch only
+    link = _link(watched[0], inputs[0], following) if len(watched) == 2 else "whole"
+    return None if link is None else (inputs, link)
 
 
 def _link(first: keras.layers.Layer, first_call: tuple, second_calls: list) -> str | None:
