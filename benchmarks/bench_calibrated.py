@@ -37,7 +37,6 @@ import importlib
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -900,17 +899,8 @@ def reading(results: dict) -> str:
 
 
 def command_line(args) -> str:
-    parts = [".venv/bin/python benchmarks/bench_calibrated.py"]
-    if args.quick:
-        parts.append("--quick")
-    defaults = parse_args([])
-    for name in ("cifar_epochs", "cifar_train", "speed_repeats", "seed"):
-        if getattr(args, name) != getattr(defaults, name):
-            parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
-    if args.parts != defaults.parts:
-        parts.append(f"--parts {args.parts}")
-    parts.append("--write-docs")
-    return " ".join(parts)
+    names = ("cifar_epochs", "cifar_train", "speed_repeats", "seed", "parts")
+    return sibling("bench_transformers").rerun_command("bench_calibrated.py", args, parse_args([]), names)
 
 
 def section(results: dict) -> str:
@@ -1063,19 +1053,6 @@ def library_version() -> dict:
     return out
 
 
-def environment() -> dict:
-    import keras
-
-    versions = {"keras": keras.__version__, "backend": keras.backend.backend()}
-    for name in ("keras_hub", "tensorflow"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:  # only reported
-            versions[name] = "?"
-    return {**versions, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "machine": platform.machine(), "load_average": list(os.getloadavg())}
-
-
 def to_json(value):
     if isinstance(value, tuple):
         return list(value)
@@ -1102,7 +1079,8 @@ def main(argv=None) -> dict:
     settings = settings_for(args)
     parts = args.parts.split(",")
     sibling("bench_transformers").import_library()  # one version of keras_prune for the whole run
-    results = {"settings": settings, "environment": environment(), "command": command_line(args), "parts": parts,
+    results = {"settings": settings, "environment": sibling("bench_transformers").environment(),
+               "command": command_line(args), "parts": parts,
                "library": library_version()}
     runners = {"gpt2": run_gpt2, "cnn": run_cnns, "speed": run_speed}
     for part in PARTS:
@@ -1136,14 +1114,7 @@ def main(argv=None) -> dict:
     print()
     print(reading(results))
     output = args.output or (scratch if args.quick else RESULTS) / "calibrated.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    where = output.resolve()
-    results["output"] = str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where.name)
-    output.write_text(json.dumps(results, indent=2, default=to_json) + "\n")
-    print(f"wrote {output}")
-    write_docs(results, args)
-    print(f"total {results['total_seconds'] / 60:.1f} min")
-    return results
+    return sibling("bench_transformers").save_results(results, output, lambda: write_docs(results, args), to_json)
 
 
 if __name__ == "__main__":

@@ -642,17 +642,18 @@ def reading(results: dict) -> str:
 
 
 def command_line(args) -> str:
-    parts = [".venv/bin/python benchmarks/bench_transformers.py"]
-    if args.quick:
-        parts.append("--quick")
-    defaults = parse_args([])
-    for name in ("pretrain_steps", "finetune_steps", "batch_size", "repeats", "lr", "finetune_lr", "seed"):
+    names = ("pretrain_steps", "finetune_steps", "batch_size", "repeats", "lr", "finetune_lr", "seed", "legs")
+    return rerun_command("bench_transformers.py", args, parse_args([]), names)
+
+
+def rerun_command(script: str, args, defaults, names) -> str:
+    """The command that reruns a benchmark as ``args`` ran it: the flags among ``names`` that
+    differ from ``defaults``, and ``--write-docs``."""
+    parts = [f".venv/bin/python benchmarks/{script}"] + (["--quick"] if args.quick else [])
+    for name in names:
         if getattr(args, name) != getattr(defaults, name):
             parts.append(f"--{name.replace('_', '-')} {getattr(args, name)}")
-    if args.legs != defaults.legs:
-        parts.append(f"--legs {args.legs}")
-    parts.append("--write-docs")
-    return " ".join(parts)
+    return " ".join([*parts, "--write-docs"])
 
 
 def timing(results: dict) -> str:
@@ -838,12 +839,17 @@ def main(argv=None) -> dict:
     print()
     print(results["table"])
     output = args.output or RESULTS / f"transformers{'_quick' if args.quick else ''}.json"
+    return save_results(results, output, lambda: write_docs(results, args))
+
+
+def save_results(results: dict, output: Path, write_docs, default=str) -> dict:
+    """Writes ``results`` as JSON to ``output`` (recording where), then the docs; returns them."""
     output.parent.mkdir(parents=True, exist_ok=True)
     where = output.resolve()
     results["output"] = str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where.name)
-    output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    output.write_text(json.dumps(results, indent=2, default=default) + "\n")
     print(f"wrote {output}")
-    write_docs(results, args)
+    write_docs()
     print(f"total {results['total_seconds'] / 60:.1f} min")
     return results
 
