@@ -41,6 +41,7 @@ from keras_prune.oneshot import (
     pattern_warnings,
     plan_masks,
     select_weights,
+    weight_name,
 )
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -210,9 +211,9 @@ def _plan(model: keras.Model, settings: dict) -> _Work:
         fits = m_by_n is None or view is None or _groups_align(view, variable, axis, m_by_n[1])
         targets.append(_Target(path, variable, view, keep, fits))
         if view is None:
-            notes.append(LayerWarning(path, f"{_name(variable)} is not a plain linear kernel; pruned by magnitude"))
+            notes.append(LayerWarning(path, f"{weight_name(variable)} is not a plain linear kernel; pruned by magnitude"))
         elif not fits:
-            notes.append(LayerWarning(path, f"{_name(variable)}: N:M groups along its input axis are not "
+            notes.append(LayerWarning(path, f"{weight_name(variable)}: N:M groups along its input axis are not "
                                             "consecutive features; pruned by magnitude"))
     return _Work(targets, m_by_n, notes)
 
@@ -222,10 +223,6 @@ def _groups_align(view: LinearView, variable, axis: int, n: int) -> bool:
     (the input axis varies fastest among them, so it needs no ragged group unless it is alone)."""
     length = tuple(variable.shape)[axis]
     return length == view.size or length % n == 0
-
-
-def _name(variable) -> str:
-    return f"{variable.name} {tuple(variable.shape)}"
 
 
 def _probe(model: keras.Model, work: _Work, batch) -> list[LayerWarning]:

@@ -338,7 +338,7 @@ def pattern_warnings(
         raise ValueError(_no_fit_message(misfits, selected, block_size, sparsity_m_by_n))
     label = _pattern_label(block_size, sparsity_m_by_n)
     return [
-        LayerWarning(path, f"{label} does not fit its {_weight_name(variable)}: {reason}")
+        LayerWarning(path, f"{label} does not fit its {weight_name(variable)}: {reason}")
         for path, variable, reason in misfits
     ]
 
@@ -349,14 +349,15 @@ def _pattern_label(block_size, sparsity_m_by_n) -> str:
     return f"the {block_size[0]}x{block_size[1]} block pattern"
 
 
-def _weight_name(variable) -> str:
+def weight_name(variable) -> str:
+    """``"kernel (3, 4)"``: a weight's name and shape, as messages show it."""
     return f"{variable.name} {tuple(variable.shape)}"
 
 
 def _no_fit_message(misfits, selected, block_size, sparsity_m_by_n) -> str:
     path, variable, reason = misfits[0]
     others = f" (and {len(misfits) - 1} more)" if len(misfits) > 1 else ""
-    found = f"layer '{path}' {_weight_name(variable)}: {reason}{others}"
+    found = f"layer '{path}' {weight_name(variable)}: {reason}{others}"
     if sparsity_m_by_n is not None:
         m, n = sparsity_m_by_n
         return (
