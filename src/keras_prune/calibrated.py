@@ -35,6 +35,7 @@ from keras_prune.linear_views import LinearView, weight_views
 from keras_prune.masks import zero_pruned
 from keras_prune.oneshot import (
     LayerFilter,
+    Sparsity,
     check_arguments,
     copy_model,
     magnitude_prune,
@@ -52,7 +53,7 @@ def oneshot_prune(
     calibration_data: object = None,
     *,
     method: str = "sparsegpt",
-    sparsity: float | None = None,
+    sparsity: Sparsity = None,
     sparsity_m_by_n: tuple[int, int] | None = None,
     scope: str = "layer",
     layers: LayerFilter = None,
@@ -75,7 +76,8 @@ def oneshot_prune(
             weights, see :class:`~keras_prune.criteria.SparseGPT`), ``"wanda"`` (``|w|`` times
             the input's norm, compared per output unit) or ``"magnitude"`` (as
             :func:`~keras_prune.magnitude_prune`).
-        sparsity: the fraction of each selected tensor to prune (exact count), in [0, 1).
+        sparsity: the fraction of each selected tensor to prune (exact count), in [0, 1), or a
+            mapping from weight keys to fractions (a :func:`keras_prune.allocate` result).
         sparsity_m_by_n: ``(m, n)`` prunes m of every n consecutive weights along the input
             axis (``(2, 4)``, ``(4, 8)``), instead of ``sparsity``.
         scope: ``"layer"``, or ``"global"``: each layer's count from one global magnitude
@@ -201,7 +203,7 @@ class _Work:
 def _plan(model: keras.Model, settings: dict) -> _Work:
     """The magnitude plan (exact counts, global ranking, checks), and each weight's linear view."""
     m_by_n = settings["sparsity_m_by_n"]
-    selected = select_weights(model, settings["layer_filter"])
+    selected = select_weights(model, settings["layer_filter"], settings["sparsity"])
     axes = input_axes(model, [variable for _, variable in selected])
     notes = pattern_warnings(selected, (1, 1), m_by_n, axes=axes)
     plan = plan_masks(model, **{k: settings[k] for k in ("sparsity", "scope", "layer_filter", "sparsity_m_by_n")})

@@ -13,7 +13,7 @@ import math
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -38,12 +38,13 @@ from keras_prune.wrapper import PruneLowMagnitude
 
 SCOPES = ("layer", "global")
 LayerFilter = str | Sequence[str] | Callable[[keras.layers.Layer], bool] | None
+Sparsity = float | Mapping[str, float] | None
 
 
 def magnitude_prune(
     model: keras.Model,
     *,
-    sparsity: float | None = None,
+    sparsity: Sparsity = None,
     threshold: float | None = None,
     scope: str = "layer",
     layers: LayerFilter = None,
@@ -59,7 +60,9 @@ def magnitude_prune(
 
     Args:
         model: a built Keras model.
-        sparsity: fraction of prunable weights to zero, in [0, 1).
+        sparsity: fraction of prunable weights to zero, in [0, 1); or a mapping from weight
+            keys (``"layer path/kernel"``, see :func:`weight_key`) to fractions, such as a
+            :func:`keras_prune.allocate` result: only the weights it names are pruned.
         threshold: zero every weight whose magnitude is at most this (>= 0).
         scope: ``"layer"`` prunes each tensor to ``sparsity``; ``"global"`` ranks all
             selected weights together, so layers end with different sparsities.
@@ -96,7 +99,7 @@ def magnitude_prune(
         0.8
     """
     settings = check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_by_n)
-    selected = select_weights(model, layers)
+    selected = select_weights(model, layers, settings["sparsity"])
     axes = input_axes(model, [variable for _, variable in selected])
     notes = pattern_warnings(selected, settings["block_size"], settings["sparsity_m_by_n"], axes=axes)
     if not inplace:
@@ -130,8 +133,10 @@ def check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_b
             "Pass exactly one of the arguments `sparsity` (a fraction in [0, 1)) or "
             f"`threshold` (a magnitude >= 0). Received: {_show(sparsity, threshold, scope)}"
         )
-    if sparsity is not None:
-        check_sparsity("sparsity", sparsity)
+    if isinstance(sparsity, Mapping):
+        sparsity = _check_sparsity_map(sparsity, scope)
+    elif sparsity is not None:
+        sparsity = check_sparsity("sparsity", sparsity)
     if threshold is not None:
         _check_threshold(threshold)
         if block != (1, 1):
@@ -146,13 +151,39 @@ def check_arguments(sparsity, threshold, scope, layers, block_size, sparsity_m_b
         )
     _check_layer_filter(layers)
     return dict(
-        sparsity=None if sparsity is None else float(sparsity),
+        sparsity=sparsity,
         threshold=None if threshold is None else float(threshold),
         scope=scope,
         layer_filter=layers,
         block_size=block,
         sparsity_m_by_n=m_by_n,
     )
+
+
+def _check_sparsity_map(sparsity: Mapping, scope: str) -> dict[str, float]:
+    if scope != "layer":
+        raise ValueError(
+            "A mapping of per-weight sparsities already sets each weight's count; keep scope='layer'. "
+            f"Received: scope={scope!r}"
+        )
+    if not sparsity:
+        raise ValueError("Argument `sparsity` is an empty mapping, so nothing would be pruned. Received: sparsity={}")
+    for key in sparsity:
+        if not isinstance(key, str):
+            raise TypeError(f"Keys of a `sparsity` mapping are weight keys such as 'dense/kernel'. Received: {key!r}")
+    return {key: check_sparsity(f"sparsity[{key!r}]", value) for key, value in sparsity.items()}
+
+
+def weight_key(path: str, variable) -> str:
+    """``"block/ffn/kernel"``: how per-weight sparsities (and :func:`keras_prune.allocate`) name a weight.
+
+    Example:
+        >>> layer = keras.layers.Dense(2, name="fc")
+        >>> layer.build((None, 3))
+        >>> weight_key("encoder/fc", layer.kernel)
+        'encoder/fc/kernel'
+    """
+    return f"{path}/{variable.name}"
 
 
 def _show(sparsity, threshold, scope) -> str:
@@ -186,8 +217,11 @@ def _check_layer_filter(layers: object) -> None:
         ) from None
 
 
-def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list[tuple[str, object]]:
-    """``(layer path, variable)`` for every prunable weight of the layers ``layer_filter`` picks.
+def select_weights(
+    model: keras.Model, layer_filter: LayerFilter = None, sparsity: Sparsity = None
+) -> list[tuple[str, object]]:
+    """``(layer path, variable)`` for every prunable weight of the layers ``layer_filter`` picks
+    (and, when ``sparsity`` is a mapping, that it names by :func:`weight_key`).
 
     Layers are found at any depth (see :func:`keras_prune.traversal.weight_sites`); weights
     keras-prune does not know how to prune are left out.
@@ -199,6 +233,20 @@ def select_weights(model: keras.Model, layer_filter: LayerFilter = None) -> list
         UnsupportedLayerError: ``layer_filter`` picks only layers holding weights keras-prune
             does not know how to prune.
     """
+    selected = _select(model, layer_filter)
+    if not isinstance(sparsity, Mapping):
+        return selected
+    keys = [weight_key(path, variable) for path, variable in selected]
+    unknown = sorted(set(sparsity) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"Argument `sparsity` names weights that are not selected prunable weights of model "
+            f"'{model.name}': {list_paths(unknown)}. Selected weights: {list_paths(keys)}."
+        )
+    return [site for site, key in zip(selected, keys) if key in sparsity]
+
+
+def _select(model: keras.Model, layer_filter: LayerFilter) -> list[tuple[str, object]]:
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' has no weights yet; build it first (call it on data or "
@@ -390,7 +438,7 @@ def _matches(layer_filter: LayerFilter, site: Site) -> bool:
 def plan_masks(
     model: keras.Model,
     *,
-    sparsity: float | None = None,
+    sparsity: Sparsity = None,
     threshold: float | None = None,
     scope: str = "layer",
     layer_filter: LayerFilter = None,
@@ -406,7 +454,7 @@ def plan_masks(
         ValueError: see :func:`select_weights` and :func:`pattern_warnings`, or a selected
             weight is NaN or infinite.
     """
-    selected = select_weights(model, layer_filter)
+    selected = select_weights(model, layer_filter, sparsity)
     axes = input_axes(model, [variable for _, variable in selected])
     pattern_warnings(selected, block_size, sparsity_m_by_n, axes=axes)  # raises if the pattern fits nothing
     values = []
@@ -424,13 +472,21 @@ def plan_masks(
     elif scope == "global" and sparsity_m_by_n is None:
         masks = global_sparsity_masks(scores, sparsity)
     else:
+        amounts = [_amount(sparsity, path, variable) for path, variable in selected]
         masks = [
-            pattern_mask(s, sparsity or 0.0, block_size, "AVG", sparsity_m_by_n, axis) for s, axis in zip(scores, axes)
+            pattern_mask(s, amount, block_size, "AVG", sparsity_m_by_n, axis)
+            for s, amount, axis in zip(scores, amounts, axes)
         ]
     return {
         (path, variable.path): (variable, keep)
         for (path, variable), keep in zip(selected, masks)
     }
+
+
+def _amount(sparsity: Sparsity, path: str, variable) -> float:
+    if isinstance(sparsity, Mapping):
+        return sparsity[weight_key(path, variable)]
+    return sparsity or 0.0
 
 
 def copy_model(model: keras.Model) -> keras.Model:

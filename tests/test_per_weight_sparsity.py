@@ -1,0 +1,86 @@
+"""Per-weight sparsities: magnitude_prune and oneshot_prune take a mapping of weight keys to fractions."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_prune import magnitude_prune, oneshot_prune
+from keras_prune.masks import prune_count
+from keras_prune.oneshot import select_weights, weight_key
+
+pytestmark = pytest.mark.core
+
+
+def model():
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 2)),
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(3, name="logits"),
+        ],
+        name="net",
+    )
+
+
+def zeros(model, name):
+    values = keras.ops.convert_to_numpy(model.get_layer(name).kernel)
+    return int(values.size - np.count_nonzero(values))
+
+
+def snapshot(model):
+    return [keras.ops.convert_to_numpy(w).copy() for w in model.weights]
+
+
+def test_keys_name_every_selected_weight():
+    net = model()
+    keys = [weight_key(path, variable) for path, variable in select_weights(net)]
+    assert keys == ["conv/kernel", "hidden/kernel", "logits/kernel"]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
+def test_each_named_weight_gets_its_exact_count_and_others_stay_dense(method):
+    net = model()
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 2)).astype("float32")
+    amounts = {"conv/kernel": 0.3, "hidden/kernel": 0.9}
+    oneshot_prune(net, x, method=method, sparsity=amounts)
+    assert zeros(net, "conv") == prune_count(0.3, 72)
+    assert zeros(net, "hidden") == prune_count(0.9, 64 * 8)
+    assert zeros(net, "logits") == 0
+
+
+def test_a_mapping_equals_pruning_each_layer_alone_at_its_fraction():
+    net, other = model(), model()
+    other.set_weights(net.get_weights())
+    magnitude_prune(net, sparsity={"conv/kernel": 0.5, "logits/kernel": 0.25})
+    magnitude_prune(other, sparsity=0.5, layers=["conv"])
+    magnitude_prune(other, sparsity=0.25, layers=["logits"])
+    for a, b in zip(net.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "scope", "error", "phrase"),
+    [
+        ({"dense/kernel": 0.5}, "layer", ValueError, "not selected prunable weights"),
+        ({"conv/kernel": 1.0}, "layer", ValueError, "sparsity['conv/kernel']"),
+        ({"conv/kernel": 0.5}, "global", ValueError, "keep scope='layer'"),
+        ({}, "layer", ValueError, "empty mapping"),
+        ({3: 0.5}, "layer", TypeError, "weight keys"),
+    ],
+)
+def test_bad_mappings_fail_before_any_weight_changes(sparsity, scope, error, phrase):
+    net = model()
+    before = snapshot(net)
+    with pytest.raises(error) as raised:
+        magnitude_prune(net, sparsity=sparsity, scope=scope)
+    assert phrase in str(raised.value)
+    for a, b in zip(before, snapshot(net)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_mapping_respects_the_layers_filter():
+    net = model()
+    with pytest.raises(ValueError, match="not selected"):
+        magnitude_prune(net, sparsity={"conv/kernel": 0.5}, layers=["hidden"])
