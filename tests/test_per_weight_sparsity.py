@@ -84,3 +84,25 @@ def test_a_mapping_respects_the_layers_filter():
     net = model()
     with pytest.raises(ValueError, match="not selected"):
         magnitude_prune(net, sparsity={"conv/kernel": 0.5}, layers=["hidden"])
+
+
+def test_iterative_pruning_ramps_each_weight_to_its_own_target():
+    from keras_prune import iterative_prune
+
+    net = model()
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, size=64)
+    amounts = {"conv/kernel": 0.5, "hidden/kernel": 0.875}
+    report = iterative_prune(net, (x, y), validation_data=(x, y), sparsity=amounts, steps=3, epochs_per_step=1)
+    final = report.model
+    assert zeros(final, "conv") == prune_count(0.5, 72)
+    assert zeros(final, "hidden") == prune_count(0.875, 512)
+    assert zeros(final, "logits") == 0
+    overall = (0.5 * 72 + 0.875 * 512) / (72 + 512)
+    assert report.settings["target_sparsity"] == pytest.approx(overall)
+    assert [round(h["target_sparsity"], 4) for h in report.history][-1] == pytest.approx(overall, abs=1e-4)
+    # round 1 of 3 on each weight's geometric ramp: 1 - (1 - s) ** (1/3)
+    conv, hidden = 1 - 0.5 ** (1 / 3), 1 - 0.125 ** (1 / 3)
+    assert report.history[0]["target_sparsity"] == pytest.approx((conv * 72 + hidden * 512) / 584)

@@ -9,21 +9,24 @@ the sparsity asked for, not less.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
+import numpy as np
 
 from keras_prune._validation import check_int, check_sparsity
 from keras_prune.analysis.report import PruningReport, summarize
 from keras_prune.callbacks import UpdatePruningStep
 from keras_prune.oneshot import (
     LayerFilter,
+    Sparsity,
     _matches,
     check_arguments,
     copy_model,
     magnitude_prune,
     pattern_warnings,
     select_weights,
+    weight_key,
 )
 from keras_prune.prune import strip_pruning
 from keras_prune.pruned_model import PrunedModel
@@ -49,7 +52,7 @@ def iterative_prune(
     train_data,
     *,
     validation_data,
-    sparsity: float | None = None,
+    sparsity: Sparsity = None,
     steps: int,
     epochs_per_step: int = 1,
     scope: str = "layer",
@@ -74,7 +77,9 @@ def iterative_prune(
         train_data: ``(x, y)`` arrays or a dataset ``fit`` accepts.
         validation_data: ``(x, y)`` arrays or a dataset, evaluated after every round.
         sparsity: the final sparsity, in [0, 1) (the name it has in :func:`magnitude_prune`
-            and the CLI; ``target_sparsity`` is accepted too, as earlier versions named it).
+            and the CLI; ``target_sparsity`` is accepted too, as earlier versions named it);
+            or per-weight final sparsities (a :func:`keras_prune.allocate` result), each
+            weight reaching its own on the same geometric ramp.
         steps: number of prune + fine-tune rounds (>= 1).
         epochs_per_step: fine-tuning epochs per round (>= 0).
         scope: ``"layer"`` or ``"global"`` ranking, as in :func:`magnitude_prune`.
@@ -122,13 +127,13 @@ def iterative_prune(
         raise ValueError(f"Argument `max_drop` must be a number >= 0 or None. Received: max_drop={max_drop!r}")
     compile_config = _compile_config(model)
     # Raises now for bad selections and blocks that fit nothing, before any training.
-    notes = pattern_warnings(select_weights(model, layers), settings["block_size"])
+    notes = pattern_warnings(select_weights(model, layers, settings["sparsity"]), settings["block_size"])
 
     dense = _evaluate(model, validation_data, batch_size, verbose)
     _check_metric(metric, dense)
     lower_is_better = metric.endswith(("loss", "error"))
     current, best, history, stopped = model, model, [], False
-    for k, sparsity in enumerate(round_sparsities(target_sparsity, steps), start=1):
+    for k, sparsity in enumerate(_rounds(settings["sparsity"], steps), start=1):
         pruned = magnitude_prune(current, inplace=False, **_prune_args(settings, sparsity))  # keep `best`
         selected = _selected_layers(pruned.model, layers)
         current = _fine_tune(
@@ -137,7 +142,8 @@ def iterative_prune(
         scores = _evaluate(current, validation_data, batch_size, verbose)
         drop = (scores[metric] - dense[metric]) if lower_is_better else (dense[metric] - scores[metric])
         history.append(
-            {"round": k, "target_sparsity": sparsity, "sparsity": summarize(current).totals["sparsity"], **scores}
+            {"round": k, "target_sparsity": _overall(current, layers, sparsity),
+             "sparsity": summarize(current).totals["sparsity"], **scores}
         )
         if max_drop is not None and drop > max_drop:
             stopped = True
@@ -148,7 +154,7 @@ def iterative_prune(
     report = summarize(best, settings={})
     report.settings = {
         "method": "iterative",
-        "target_sparsity": float(target_sparsity),
+        "target_sparsity": _overall(model, layers, settings["sparsity"]),
         "steps": steps,
         "epochs_per_step": epochs_per_step,
         "scope": scope,
@@ -163,7 +169,23 @@ def iterative_prune(
     return report
 
 
-def _final_sparsity(sparsity, target_sparsity) -> float:
+def _rounds(sparsity: float | dict[str, float], steps: int) -> list:
+    """Each round's sparsity, or each round's per-weight sparsities."""
+    if not isinstance(sparsity, dict):
+        return round_sparsities(sparsity, steps)
+    ramps = {key: round_sparsities(value, steps) for key, value in sparsity.items()}
+    return [{key: ramp[k] for key, ramp in ramps.items()} for k in range(steps)]
+
+
+def _overall(model: keras.Model, layers: LayerFilter, sparsity: float | dict[str, float]) -> float:
+    """The overall target: ``sparsity`` itself, or the per-weight targets weighted by size."""
+    if not isinstance(sparsity, dict):
+        return float(sparsity)
+    sizes = {weight_key(path, v): int(np.prod(v.shape)) for path, v in select_weights(model, layers, sparsity)}
+    return sum(sparsity[key] * size for key, size in sizes.items()) / sum(sizes.values())
+
+
+def _final_sparsity(sparsity, target_sparsity):
     if sparsity is not None and target_sparsity is not None:
         raise TypeError(
             "Pass the final sparsity once, as `sparsity`. "
@@ -171,7 +193,8 @@ def _final_sparsity(sparsity, target_sparsity) -> float:
         )
     if sparsity is None and target_sparsity is None:
         raise TypeError("iterative_prune() needs the final sparsity, e.g. sparsity=0.9.")
-    return check_sparsity("sparsity", target_sparsity if sparsity is None else sparsity)
+    final = target_sparsity if sparsity is None else sparsity
+    return final if isinstance(final, Mapping) else check_sparsity("sparsity", final)
 
 
 def _prune_args(settings: dict, sparsity: float) -> dict:
