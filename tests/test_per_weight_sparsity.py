@@ -106,3 +106,48 @@ def test_iterative_pruning_ramps_each_weight_to_its_own_target():
     # round 1 of 3 on each weight's geometric ramp: 1 - (1 - s) ** (1/3)
     conv, hidden = 1 - 0.5 ** (1 / 3), 1 - 0.125 ** (1 / 3)
     assert report.history[0]["target_sparsity"] == pytest.approx((conv * 72 + hidden * 512) / 584)
+
+
+def gradual_setup(schedule):
+    from keras_prune import prune_low_magnitude
+
+    net = model()
+    pruned = prune_low_magnitude(net, schedule, sparsities={"conv/kernel": 0.5, "hidden/kernel": 0.9})
+    pruned.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    rng = np.random.default_rng(0)
+    return net, pruned, rng.normal(size=(80, 6, 6, 2)).astype("float32"), rng.integers(0, 3, size=80)
+
+
+def test_gradual_pruning_reaches_each_weights_target_in_step_with_the_schedule(tmp_path):
+    from keras_prune import PolynomialDecay, UpdatePruningStep, strip_pruning
+
+    schedule = PolynomialDecay(0.0, 0.8, begin_step=0, end_step=8, power=1, frequency=4)
+    net, pruned, x, y = gradual_setup(schedule)
+    pruned.fit(x, y, batch_size=16, epochs=1, callbacks=[UpdatePruningStep()], verbose=0)  # steps 0-4
+    # at step 4 the schedule is at 0.4, half its final 0.8: each weight at half its own target
+    assert zeros(net, "conv") == prune_count(0.25, 72)
+    assert zeros(net, "hidden") == prune_count(0.45, 512)
+    path = tmp_path / "mid.keras"
+    pruned.save(path)
+    resumed = keras.saving.load_model(path)
+    resumed.fit(x, y, batch_size=16, epochs=2, callbacks=[UpdatePruningStep()], verbose=0)
+    final = strip_pruning(resumed)
+    assert zeros(final, "conv") == prune_count(0.5, 72)
+    assert zeros(final, "hidden") == prune_count(0.9, 512)
+    assert zeros(final, "logits") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "phrase"),
+    [
+        ({"sparsity_m_by_n": (1, 2)}, "N:M pattern"),
+        ({"scope": "global"}, "keep scope='layer'"),
+    ],
+)
+def test_gradual_per_weight_targets_refuse_what_they_cannot_honour(kwargs, phrase):
+    from keras_prune import ConstantSparsity, prune_low_magnitude
+
+    with pytest.raises(ValueError, match=phrase):
+        prune_low_magnitude(model(), ConstantSparsity(0.5, 0), sparsities={"conv/kernel": 0.5}, **kwargs)
+    with pytest.raises(ValueError, match="must end above 0"):
+        prune_low_magnitude(model(), ConstantSparsity(0.0, 0), sparsities={"conv/kernel": 0.5})

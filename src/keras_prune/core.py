@@ -69,6 +69,11 @@ def constraints_hold_masks() -> bool:
     return keras.backend.backend() != "jax"
 
 
+def final_sparsity(schedule: PruningSchedule) -> float:
+    """The sparsity a schedule ends at (its value long after its last step)."""
+    return float(schedule.sparsity_at(2**30))
+
+
 def check_schedule(schedule: object) -> PruningSchedule:
     if not isinstance(schedule, PruningSchedule):
         raise TypeError(
@@ -240,9 +245,19 @@ class PruningState:
     def compute_masks(self, sparsity: float, scores: list[np.ndarray]) -> list[np.ndarray]:
         """Masks for ``sparsity`` under this state's pattern, one per weight (each ranked alone)."""
         return [
-            masks.pattern_mask(score, sparsity, self.block_size, self.block_pooling_type, self.sparsity_m_by_n, axis)
-            for score, axis in zip(scores, self._input_axes)
+            masks.pattern_mask(score, amount, self.block_size, self.block_pooling_type, self.sparsity_m_by_n, axis)
+            for score, amount, axis in zip(scores, self.weight_amounts(sparsity, len(scores)), self._input_axes)
         ]
+
+    def weight_amounts(self, sparsity: float, count: int) -> list[float]:
+        """Each weight's sparsity when the schedule is at ``sparsity``: the same for all, or with
+        per-weight targets (:attr:`weight_targets`), each target scaled by the schedule's progress
+        towards its final sparsity (never above the target)."""
+        targets = getattr(self, "weight_targets", None)
+        if not targets:
+            return [sparsity] * count
+        final = final_sparsity(self.pruning_schedule)
+        return [min(target, sparsity * target / final) for target in targets]
 
     def assign_masks(self, keep: list[np.ndarray], values: list[np.ndarray] | None = None) -> None:
         """Sets the masks and zeroes the pruned weights now; the masks then hold in training.

@@ -33,6 +33,7 @@ def prune_low_magnitude(
     sparsity_m_by_n: tuple[int, int] | None = None,
     layers: LayerFilter = None,
     scope: str = "layer",
+    sparsities: dict[str, float] | None = None,
     **kwargs,
 ):
     """Prepares a model, a layer, or a list of layers for gradual magnitude pruning.
@@ -55,6 +56,10 @@ def prune_low_magnitude(
             ``PositionEmbedding``, a custom layer's own variables) stay dense.
         scope: ``"layer"`` (each tensor ranked alone) or ``"global"`` (one ranking across all
             pruned weights of the model).
+        sparsities: per-weight final sparsities of a model, ``{weight key: fraction}`` (a
+            :func:`keras_prune.allocate` result): only the weights it names are pruned, each
+            reaching its own sparsity when the schedule reaches its final one (and in step with
+            the schedule before: at half the final sparsity, each weight is at half its own).
         **kwargs: passed to :class:`PrunedModel` (or to each :class:`PruneLowMagnitude`).
 
     Returns:
@@ -89,10 +94,15 @@ def prune_low_magnitude(
     pattern = {"block_size": block, "block_pooling_type": pooling, "sparsity_m_by_n": m_by_n, "scope": scope}
     if isinstance(to_prune, keras.Model):
         _check_unpruned(to_prune)
+        if sparsities is not None:
+            kwargs["sparsities"] = sparsities
         if not to_prune.built:  # layers are chosen when it is built
             return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
-        _check_pattern_fit(to_prune, select_weights(to_prune, layers), block, m_by_n, built_all=True)
+        _check_pattern_fit(to_prune, select_weights(to_prune, layers, sparsities), block, m_by_n, built_all=True)
         return PrunedModel(to_prune, schedule, layers=layers, **pattern, **kwargs)
+    if sparsities is not None:
+        raise ValueError("Argument `sparsities` names weights of a model by their keys; pass the model. "
+                         f"Received: to_prune={to_prune!r}")
     if layers is not None:
         raise ValueError(
             "Argument `layers` chooses layers of a model; pass the model, or the layers to prune "

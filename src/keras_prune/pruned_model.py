@@ -19,9 +19,9 @@ from __future__ import annotations
 import keras
 
 from keras_prune._keras_compat import untracked
-from keras_prune.core import PACKAGE, PruningState
+from keras_prune.core import PACKAGE, PruningState, final_sparsity
 from keras_prune.handlers import input_axes
-from keras_prune.oneshot import LayerFilter, select_weights
+from keras_prune.oneshot import LayerFilter, _check_sparsity_map, select_weights, weight_key
 from keras_prune.schedules import ConstantSparsity, PruningSchedule
 from keras_prune.traversal import unique_path, weight_sites
 
@@ -46,6 +46,10 @@ class PrunedModel(PruningState, keras.Model):
             for every layer with prunable weights.
         pruned_weights: which weights to prune, as positions in the list of all the model's
             prunable weights in traversal order (what a saved pruned model records).
+        sparsities: per-weight final sparsities, ``{weight key: fraction}`` (a
+            :func:`keras_prune.allocate` result): only these weights are pruned, each reaching
+            its own when the schedule reaches its final sparsity, in step with it before.
+        weight_sparsities: the same, per pruned weight in order (what a saved model records).
         **kwargs: passed to ``keras.Model`` (``name``).
 
     Example:
@@ -65,6 +69,8 @@ class PrunedModel(PruningState, keras.Model):
         scope: str = "layer",
         layers: LayerFilter = None,
         pruned_weights: list[int] | None = None,
+        sparsities: dict[str, float] | None = None,
+        weight_sparsities: list[float] | None = None,
         **kwargs,
     ):
         kwargs.setdefault("name", model.name)
@@ -74,6 +80,8 @@ class PrunedModel(PruningState, keras.Model):
                           sparsity_m_by_n, scope)
         self._layer_filter = layers
         self._indices = list(pruned_weights) if pruned_weights is not None else None
+        self._sparsities = self._check_sparsities(sparsities)
+        self.weight_targets = list(weight_sparsities) if weight_sparsities is not None else None
         self._weight_paths: list[str] = []
         self.pruned_layers: list[str] = []
         if model.built:
@@ -89,9 +97,11 @@ class PrunedModel(PruningState, keras.Model):
             return
         everything = select_weights(self.layer)
         if self._indices is None:
-            selected = select_weights(self.layer, self._layer_filter)
+            selected = select_weights(self.layer, self._layer_filter, self._sparsities)
             position = {id(weight): i for i, (_, weight) in enumerate(everything)}
             self._indices = [position[id(weight)] for _, weight in selected]
+            if self._sparsities is not None:
+                self.weight_targets = [self._sparsities[weight_key(path, weight)] for path, weight in selected]
         elif max(self._indices, default=-1) >= len(everything):
             raise ValueError(
                 f"Model '{self.layer.name}' has {len(everything)} prunable weights, but the pruned "
@@ -104,6 +114,18 @@ class PrunedModel(PruningState, keras.Model):
         self.pruned_layers = list(dict.fromkeys(self._weight_paths))
         weights = [weight for _, weight in selected]
         self.create_state(weights, input_axes(self.layer, weights))
+
+    def _check_sparsities(self, sparsities) -> dict[str, float] | None:
+        if sparsities is None:
+            return None
+        sparsities = _check_sparsity_map(sparsities, self.scope)
+        if self.sparsity_m_by_n is not None:
+            raise ValueError("An N:M pattern fixes every weight's sparsity at M/N; pass `sparsities` or "
+                             f"`sparsity_m_by_n`, not both. Received: sparsity_m_by_n={self.sparsity_m_by_n!r}")
+        if final_sparsity(self.pruning_schedule) <= 0.0:
+            raise ValueError("Per-weight `sparsities` are reached when the schedule reaches its final sparsity, "
+                             f"so it must end above 0. Received: pruning_schedule={self.pruning_schedule!r}")
+        return sparsities
 
     def pruned_weights(self) -> list[tuple[str, keras.Variable]]:
         """``(layer path, variable)`` for each pruned weight, in the order of :meth:`masks`."""
@@ -146,6 +168,8 @@ class PrunedModel(PruningState, keras.Model):
             **self.pruning_config(),
             "layers": self._layer_filter if unbuilt else None,
             "pruned_weights": self._indices,
+            "sparsities": self._sparsities if unbuilt else None,
+            "weight_sparsities": self.weight_targets,
         }
 
     @classmethod
