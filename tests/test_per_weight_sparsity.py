@@ -151,3 +151,15 @@ def test_gradual_per_weight_targets_refuse_what_they_cannot_honour(kwargs, phras
         prune_low_magnitude(model(), ConstantSparsity(0.5, 0), sparsities={"conv/kernel": 0.5}, **kwargs)
     with pytest.raises(ValueError, match="must end above 0"):
         prune_low_magnitude(model(), ConstantSparsity(0.0, 0), sparsities={"conv/kernel": 0.5})
+
+
+def test_keys_are_unique_for_layers_holding_several_kernels():
+    x = keras.Input((4, 8))
+    attention = keras.Model(x, keras.layers.MultiHeadAttention(2, 4, name="mha")(x, x))
+    keys = [weight_key(path, variable) for path, variable in select_weights(attention)]
+    assert keys == ["mha/query/kernel", "mha/key/kernel", "mha/value/kernel", "mha/attention_output/kernel"]
+    magnitude_prune(attention, sparsity={"mha/value/kernel": 0.5})
+    value = keras.ops.convert_to_numpy(attention.get_layer("mha")._value_dense.kernel)
+    query = keras.ops.convert_to_numpy(attention.get_layer("mha")._query_dense.kernel)
+    assert int(value.size - np.count_nonzero(value)) == prune_count(0.5, value.size)
+    assert np.count_nonzero(query) == query.size

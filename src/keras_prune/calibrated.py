@@ -42,6 +42,7 @@ from keras_prune.oneshot import (
     pattern_warnings,
     plan_masks,
     select_weights,
+    weight_key,
     weight_name,
 )
 
@@ -366,7 +367,7 @@ def input_statistics(
     """
     named = statistics_by_weight(model, calibration_data, layers=layers, samples=samples,
                                  batch_size=batch_size, gram=gram)
-    return {f"{path}/{view.variable.name}": stats for path, view, stats in named.values()}
+    return {weight_key(path, view.variable): stats for path, view, stats in named.values()}
 
 
 def statistics_by_weight(model: keras.Model, calibration_data: object, *, layers: LayerFilter = None,

@@ -177,13 +177,18 @@ def _check_sparsity_map(sparsity: Mapping, scope: str) -> dict[str, float]:
 def weight_key(path: str, variable) -> str:
     """``"block/ffn/kernel"``: how per-weight sparsities (and :func:`keras_prune.allocate`) name a weight.
 
+    The layer's path, then the weight's own path below that layer (``"mha/query/kernel"`` for
+    a kernel a MultiHeadAttention keeps in its ``query`` sub-layer).
+
     Example:
         >>> layer = keras.layers.Dense(2, name="fc")
         >>> layer.build((None, 3))
         >>> weight_key("encoder/fc", layer.kernel)
         'encoder/fc/kernel'
     """
-    return f"{path}/{variable.name}"
+    layer_name = path.rsplit("/", 1)[-1].split("#")[0]
+    own = variable.path.split(f"{layer_name}/", 1)[1] if f"{layer_name}/" in variable.path else variable.name
+    return f"{path}/{own}"
 
 
 def _show(sparsity, threshold, scope) -> str:

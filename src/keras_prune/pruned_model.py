@@ -133,12 +133,8 @@ class PrunedModel(PruningState, keras.Model):
 
     def weight_names(self) -> list[str]:
         """``<layer path>/<weight>`` per pruned weight, unique in the model (``weight.path`` is not)."""
-        names, used = [], set()
-        for path, weight in self.pruned_weights():
-            layer_name = path.rsplit("/", 1)[-1].split("#")[0]
-            inner = weight.path.split(f"{layer_name}/", 1)[1] if f"{layer_name}/" in weight.path else weight.name
-            names.append(unique_path(f"{path}/{inner}", used))
-        return names
+        used: set[str] = set()
+        return [unique_path(weight_key(path, weight), used) for path, weight in self.pruned_weights()]
 
     @property
     def left_dense(self) -> list[tuple[str, str]]:
