@@ -11,7 +11,8 @@ MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", 
            "structured.fold", "structured.graph", "structured.importance", "structured.plan",
            "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
            "iterative", "calibration", "calibrated", "linear_views", "text_data", "compat.schedules",
-           "compat.wrapper", "compat.callbacks", "compat.tfmot"]
+           "compat.wrapper", "compat.callbacks", "compat.tfmot", "allocation", "evaluation", "sensitivity",
+           "budget", "pruned_model"]
 
 
 @pytest.mark.parametrize("name", MODULES)

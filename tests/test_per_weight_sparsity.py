@@ -163,3 +163,17 @@ def test_keys_are_unique_for_layers_holding_several_kernels():
     query = keras.ops.convert_to_numpy(attention.get_layer("mha")._query_dense.kernel)
     assert int(value.size - np.count_nonzero(value)) == prune_count(0.5, value.size)
     assert np.count_nonzero(query) == query.size
+
+
+def test_keys_match_whole_path_segments():
+    class Box(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.inner = keras.layers.Dense(2, name="a")
+
+        def call(self, x):
+            return self.inner(x)
+
+    x = keras.Input((3,))
+    boxed = keras.Model(x, Box(name="data")(x))
+    assert [weight_key(path, variable) for path, variable in select_weights(boxed)] == ["data/a/kernel"]

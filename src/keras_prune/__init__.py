@@ -8,7 +8,9 @@ Example:
     >>> final = keras_prune.strip_pruning(pruned)
 """
 
+from keras_prune.allocation import Allocation, allocate
 from keras_prune.analysis import PruningReport, summarize
+from keras_prune.budget import prune_to_budget
 from keras_prune.calibrated import oneshot_prune
 from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
@@ -19,12 +21,14 @@ from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
 from keras_prune.pruned_model import PrunedModel
 from keras_prune.registry import PrunableLayer, UnsupportedLayerError
 from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
+from keras_prune.sensitivity import SensitivityResult, sensitivity
 from keras_prune.structured import GradualChannelPruning, fold_batchnorm, prune_channels
 from keras_prune.wrapper import PruneLowMagnitude
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Allocation",
     "ConstantSparsity",
     "GradualChannelPruning",
     "LayerHandler",
@@ -36,9 +40,11 @@ __all__ = [
     "PruningReport",
     "PruningSchedule",
     "PruningSummaries",
+    "SensitivityResult",
     "SparseFormatError",
     "UnsupportedLayerError",
     "UpdatePruningStep",
+    "allocate",
     "export_litert",
     "export_sparse",
     "fold_batchnorm",
@@ -48,7 +54,9 @@ __all__ = [
     "oneshot_prune",
     "prune_channels",
     "prune_low_magnitude",
+    "prune_to_budget",
     "register_handler",
+    "sensitivity",
     "strip_pruning",
     "summarize",
 ]

@@ -187,7 +187,9 @@ def weight_key(path: str, variable) -> str:
         'encoder/fc/kernel'
     """
     layer_name = path.rsplit("/", 1)[-1].split("#")[0]
-    own = variable.path.split(f"{layer_name}/", 1)[1] if f"{layer_name}/" in variable.path else variable.name
+    parts = variable.path.split("/")
+    below = [i for i, part in enumerate(parts[:-1]) if part == layer_name]
+    own = "/".join(parts[below[-1] + 1:]) if below else variable.name
     return f"{path}/{own}"
 
 
