@@ -98,7 +98,8 @@ def prune_to_budget(
         from keras_prune.sensitivity import sensitivity as analyze
 
         sensitivity = analyze(model, data, method=method, metric=metric, layers=layers, samples=samples,
-                              calibration_data=calibration_data, calibration_samples=calibration_samples,
+                              calibration_data=None if method == "magnitude" else calibration_data,
+                              calibration_samples=calibration_samples,
                               batch_size=batch_size, progress=progress)
     if not inplace:
         model = copy_model(model)

@@ -19,6 +19,7 @@ from keras_prune.cli._common import (
     print_report,
     save,
 )
+from keras_prune.cli._evaluation import add_evaluation_arguments, check_evaluation_flags, evaluation_data
 
 DESCRIPTION = """\
 Zero the least important weights of every prunable layer (Dense, Conv, Embedding, RNN,
@@ -51,6 +52,16 @@ run the model on --calibration DATA, of which --samples examples (default 128) a
                   A model whose inputs are token_ids and padding_mask (KerasHub) gets an
                   all-ones padding mask; any other model the token ids alone.
 
+--allocation spreads --sparsity over the layers by a rule (one overall count, exact):
+uniform, global (one magnitude ranking), erk (small layers keep more), owl (layers whose
+inputs have more outliers keep more; needs --calibration or --data) or sensitivity (from the
+measurements of `keras-prune analyze`, --sensitivity FILE.json, or measured now on --data).
+
+--max-drop D searches for the highest overall sparsity whose metric on --data stays within D
+(points of accuracy, such as 1.0; for --metric loss, the allowed increase), by bisection,
+pruning one-shot by --method with --allocation (default global) at each step; the report
+shows every step. DATA is labelled, as for `keras-prune analyze`.
+
 Accuracy usually drops without fine-tuning; see `keras-prune finetune`."""
 
 EXAMPLES = """\
@@ -59,11 +70,14 @@ examples:
   keras-prune prune model.keras -o pruned.keras --pattern 2:4 --exclude 'logits'
   keras-prune prune model.keras -o pruned.keras --method sparsegpt --sparsity 0.5 --calibration train.npz
   keras-prune prune lm.keras -o pruned.keras --method sparsegpt --m-by-n 2:4 --calibration text.txt \\
-      --vocabulary chars.txt --layers transformer_layer"""
+      --vocabulary chars.txt --layers transformer_layer
+  keras-prune prune model.keras -o pruned.keras --sparsity 0.9 --allocation erk
+  keras-prune prune model.keras -o pruned.keras --max-drop 1.0 --data mnist.npz --method sparsegpt"""
 
 # Flags that only the calibrated methods read.
 CALIBRATION_FLAGS = ("calibration", "samples", "vocabulary", "tokenizer", "sequence_length", "image_scale")
 DEFAULT_SAMPLES = 128
+RULES = ("uniform", "global", "erk", "owl", "sensitivity")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,6 +118,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrated.add_argument("--sequence-length", type=int, metavar="L", help="tokens per window of a .txt DATA")
     calibrated.add_argument("--image-scale", type=float, metavar="X",
                             help="multiply image pixels (0-255) by X (default: 1/255)")
+    budget = parser.add_argument_group("allocation and accuracy budget")
+    budget.add_argument("--allocation", choices=RULES, help="spread --sparsity over the layers by this rule")
+    budget.add_argument("--sensitivity", metavar="FILE.json", help="`keras-prune analyze` output for --allocation "
+                        "sensitivity")
+    budget.add_argument("--max-drop", metavar="D", help="find the highest sparsity within this metric drop (see above)")
+    add_evaluation_arguments(parser, budget)
     parser.set_defaults(run=run)
 
 
@@ -213,6 +233,8 @@ def check_method(args: argparse.Namespace, threshold: float | None, pattern: dic
     if "block_size" in pattern:
         raise CLIError(f"--pattern block:RxC is for --method magnitude only; {method} takes unstructured or M:N "
                        "patterns.")
+    if args.calibration is None and args.data is not None:
+        return  # calibrates on the training part of --data
     if args.calibration is None:
         raise CLIError(f"{method} needs --calibration DATA (a .npz file, IDX folder, image folder or .txt file) to "
                        "see the inputs of each layer; or use --method magnitude, which needs no data.")
@@ -253,6 +275,96 @@ def load_calibration(args: argparse.Namespace, model):
     return load_inputs(args.calibration, model, image_scale=scale)
 
 
+def check_budget(args: argparse.Namespace, sparsity, threshold, pattern: dict) -> float | None:
+    """One-line errors for --allocation, --max-drop and the evaluation flags; returns --max-drop."""
+    max_drop = non_negative("--max-drop", args.max_drop)
+    evaluation = [flag for flag, value in (("--data", args.data), ("--metric", args.metric), ("--loss", args.loss))
+                  if value is not None]
+    if max_drop is not None:
+        check_evaluation_flags(args)
+        given = [flag for flag, on in (("--sparsity", sparsity is not None), ("--threshold", threshold is not None),
+                                       ("--pattern", bool(pattern)), ("--scope global", args.scope == "global"))
+                 if on]
+        if given:
+            raise CLIError(f"--max-drop searches the sparsity itself, unstructured and spread by --allocation; drop "
+                           f"{' and '.join(given)}.")
+        return max_drop
+    if args.allocation is None:
+        if evaluation or args.sensitivity:
+            unused = evaluation + (["--sensitivity"] if args.sensitivity else [])
+            raise CLIError(f"{' and '.join(unused)} would be unused: they serve --max-drop D and --allocation. "
+                           "Drop them, or add --max-drop D.")
+        return None
+    if sparsity is None or threshold is not None or pattern or args.scope == "global":
+        raise CLIError(f"--allocation {args.allocation} spreads --sparsity S over the layers: give --sparsity S, "
+                       "without --threshold, --pattern or --scope global.")
+    needs = {"owl": args.calibration or args.data, "sensitivity": args.sensitivity or args.data}
+    if args.allocation in needs and not needs[args.allocation]:
+        what = "--calibration DATA or --data DATA" if args.allocation == "owl" else "--sensitivity FILE.json " \
+            "(from `keras-prune analyze`) or --data DATA"
+        raise CLIError(f"--allocation {args.allocation} needs {what}.")
+    if args.data:
+        check_evaluation_flags(args)
+    return None
+
+
+def _sensitivity_result(args: argparse.Namespace):
+    from keras_prune.sensitivity import SensitivityResult
+
+    if args.sensitivity is None:
+        return None
+    try:
+        return SensitivityResult.from_json(Path(args.sensitivity))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CLIError(f"--sensitivity '{args.sensitivity}' is not a `keras-prune analyze` JSON file: {error}") \
+            from None
+
+
+def _data(args: argparse.Namespace, model) -> tuple:
+    """``((x, y) to evaluate on or None, inputs to calibrate on or None)``."""
+    evaluation, inputs = (None, None)
+    scale = 1 / 255 if args.image_scale is None else args.image_scale
+    if args.data:
+        evaluation, inputs = evaluation_data(args, model, scale)
+    if args.calibration:
+        inputs = load_calibration(args, model)
+    return evaluation, inputs
+
+
+def _within_budget(args: argparse.Namespace, model, layers, max_drop: float):
+    from keras_prune.budget import prune_to_budget
+    from keras_prune.evaluation import Evaluator
+
+    evaluation, inputs = _data(args, model)
+    evaluator = Evaluator(model, evaluation, metric=args.metric, samples=args.eval_samples)
+    points = evaluator.higher_is_better  # accuracy-like metrics take points, losses their own units
+    report = prune_to_budget(
+        model, evaluation, max_drop=max_drop / 100 if points else max_drop, metric=args.metric, method=args.method,
+        rule=args.allocation or "global", calibration_data=inputs, sensitivity=_sensitivity_result(args),
+        layers=layers, samples=args.eval_samples, calibration_samples=args.samples or DEFAULT_SAMPLES,
+        progress=not args.quiet,
+    )
+    report.settings.update(data=args.data, calibration=args.calibration)
+    return report
+
+
+def _allocated(args: argparse.Namespace, model, layers, sparsity: float) -> tuple[dict, object]:
+    """Per-weight sparsities by --allocation, and the calibration inputs (if any) for the method."""
+    from keras_prune.allocation import allocate
+
+    evaluation, inputs = _data(args, model)
+    result = _sensitivity_result(args)
+    if args.allocation == "sensitivity" and result is None:
+        from keras_prune.sensitivity import sensitivity
+
+        result = sensitivity(model, evaluation, method=args.method, metric=args.metric, layers=layers,
+                             samples=args.eval_samples, calibration_data=None if args.method == "magnitude" else inputs,
+                             calibration_samples=args.samples or DEFAULT_SAMPLES, progress=not args.quiet)
+    allocation = allocate(model, sparsity, rule=args.allocation, layers=layers, calibration_data=inputs,
+                          sensitivity=result, samples=args.samples or DEFAULT_SAMPLES)
+    return dict(allocation), inputs
+
+
 def run(args: argparse.Namespace) -> int:
     from keras_prune.io import atomic_write, check_output_path
 
@@ -260,10 +372,12 @@ def run(args: argparse.Namespace) -> int:
     threshold = non_negative("--threshold", args.threshold)
     pattern = pattern_arguments(args.pattern, args.m_by_n)
     check_method(args, threshold, pattern)
-    if sparsity is None and threshold is None and "sparsity_m_by_n" not in pattern:
+    max_drop = check_budget(args, sparsity, threshold, pattern)
+    if max_drop is None and sparsity is None and threshold is None and "sparsity_m_by_n" not in pattern:
         if args.method != "magnitude":
-            raise CLIError("Give --sparsity S (or --m-by-n M:N), such as --sparsity 0.5.")
-        raise CLIError("Give --sparsity S or --threshold T (or --pattern M:N), such as --sparsity 0.8.")
+            raise CLIError("Give --sparsity S (or --m-by-n M:N, or --max-drop D), such as --sparsity 0.5.")
+        raise CLIError("Give --sparsity S or --threshold T (or --pattern M:N, or --max-drop D), such as "
+                       "--sparsity 0.8.")
     if "sparsity_m_by_n" in pattern and (sparsity is not None or threshold is not None):
         raise CLIError(f"--{'m-by-n' if args.m_by_n else 'pattern'} M:N sets the sparsity to M/N; drop "
                        "--sparsity/--threshold.")
@@ -272,6 +386,25 @@ def run(args: argparse.Namespace) -> int:
         check_output_path(args.report, overwrite=args.overwrite, inputs=[args.model], suffixes=(".json",))
     model = load(args)
     layers = layer_filter(model, args.layers, args.exclude)
+    if max_drop is not None:
+        report = _within_budget(args, model, layers, max_drop)
+    else:
+        report = _prune(args, model, layers, sparsity, threshold, pattern)
+    report.settings.update(model=args.model, output=args.output, layers=args.layers, exclude=args.exclude)
+    save(model, args)
+    if args.report:
+        atomic_write(args.report, lambda tmp: Path(tmp).write_text(report.to_json() + "\n"))
+    print_report(report, title=f"{args.output} (pruned from {args.model})")
+    if max_drop is not None:
+        print_search(report)
+    return 0
+
+
+def _prune(args: argparse.Namespace, model, layers, sparsity, threshold, pattern: dict):
+    """One-shot pruning at --sparsity (spread by --allocation if given), --threshold or M:N."""
+    inputs = None
+    if args.allocation:
+        sparsity, inputs = _allocated(args, model, layers, sparsity)
     if args.method == "magnitude":
         from keras_prune.oneshot import magnitude_prune
 
@@ -280,15 +413,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         from keras_prune.calibrated import oneshot_prune
 
-        calibration = load_calibration(args, model)
+        inputs = inputs if inputs is not None else _data(args, model)[1]
         report = oneshot_prune(
-            model, calibration, method=args.method, sparsity=sparsity, scope=args.scope,
+            model, inputs, method=args.method, sparsity=sparsity, scope=args.scope,
             layers=layers, samples=args.samples or DEFAULT_SAMPLES, progress=not args.quiet, **pattern,
         )
         report.settings.update(calibration=args.calibration)
-    report.settings.update(model=args.model, output=args.output, layers=args.layers, exclude=args.exclude)
-    save(model, args)
-    if args.report:
-        atomic_write(args.report, lambda tmp: Path(tmp).write_text(report.to_json() + "\n"))
-    print_report(report, title=f"{args.output} (pruned from {args.model})")
-    return 0
+    report.settings.update(allocation=args.allocation)
+    return report
+
+
+def print_search(report) -> None:
+    """The budget search's steps, one line each."""
+    settings = report.settings
+    print(f"dense {settings['metric']}: {settings['dense_metric']:.4g}; allowed drop {settings['max_drop']:.4g}")
+    for step, probe in enumerate(report.history, 1):
+        verdict = "within" if probe["within"] else "over"
+        print(f"  step {step}: sparsity {probe['sparsity']:.1%} -> {settings['metric']} {probe['metric']:.4g} "
+              f"(drop {probe['drop']:.4g}, {verdict})")
+    print(f"reached {settings['reached_sparsity']:.1%} overall sparsity within the budget")
