@@ -23,7 +23,7 @@ pytestmark = pytest.mark.core
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_DEMO = ["--epochs", "1", "--prune-epochs", "1", "--batch-size", "256", "--no-progress"]
-DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo"}
+DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo", "analyze"}
 TENSORFLOW_FLAGS = {"--litert"}  # LiteRT measurements; dropped on the other backends
 
 
