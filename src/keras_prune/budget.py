@@ -42,6 +42,7 @@ def prune_to_budget(
     batch_size: int = 64,
     inplace: bool = True,
     progress: bool = False,
+    higher_is_better: bool | None = None,
 ) -> PruningReport:
     """Prunes ``model`` one-shot to the highest overall sparsity within ``max_drop`` of its metric.
 
@@ -70,6 +71,7 @@ def prune_to_budget(
         batch_size: evaluation and calibration batch size.
         inplace: modify ``model``; if ``False``, prune a copy (``report.model``).
         progress: show a progress display.
+        higher_is_better: whether a callable ``metric`` rises as the model gets better.
 
     Returns:
         The :class:`~keras_prune.PruningReport` of the pruned model. ``report.history`` lists
@@ -91,7 +93,8 @@ def prune_to_budget(
     _check_search(max_drop, low, high, tolerance)
     check_choice("method", method, METHODS)
     check_choice("rule", rule, RULES)
-    evaluator = Evaluator(model, data, metric=metric, samples=samples, batch_size=batch_size)
+    evaluator = Evaluator(model, data, metric=metric, samples=samples, batch_size=batch_size,
+                          higher_is_better=higher_is_better)
     if calibration_data is None:
         calibration_data = evaluator.inputs
     if rule == "sensitivity" and sensitivity is None:
@@ -100,7 +103,7 @@ def prune_to_budget(
         sensitivity = analyze(model, data, method=method, metric=metric, layers=layers, samples=samples,
                               calibration_data=None if method == "magnitude" else calibration_data,
                               calibration_samples=calibration_samples,
-                              batch_size=batch_size, progress=progress)
+                              batch_size=batch_size, progress=progress, higher_is_better=higher_is_better)
     if not inplace:
         model = copy_model(model)
     search = _Search(model, evaluator, max_drop, dict(

@@ -58,6 +58,7 @@ def sensitivity(
     batch_size: int = 64,
     calibration_data: object = None,
     progress: bool = True,
+    higher_is_better: bool | None = None,
 ) -> SensitivityResult:
     """Measures ``metric`` with each prunable weight pruned alone at each sparsity.
 
@@ -77,6 +78,8 @@ def sensitivity(
         calibration_data: Wanda's and SparseGPT's calibration inputs (as
             :func:`~keras_prune.oneshot_prune` takes them); by default the ``x`` of ``data``.
         progress: show a progress bar with the time remaining.
+        higher_is_better: whether a callable ``metric`` rises as the model gets better (a loss
+            does not); see :class:`~keras_prune.evaluation.Evaluator`.
 
     Returns:
         A :class:`SensitivityResult`, its weights named by :func:`~keras_prune.oneshot.weight_key`
@@ -105,7 +108,8 @@ def sensitivity(
         raise ValueError("Argument `calibration_data` is for method='wanda' or 'sparsegpt'; magnitude pruning "
                          f"looks at the weights alone. Received: method={method!r} with calibration_data")
     targets = _targets(select_weights(model, layers))
-    evaluator = Evaluator(model, data, metric=metric, samples=samples, batch_size=batch_size)
+    evaluator = Evaluator(model, data, metric=metric, samples=samples, batch_size=batch_size,
+                          higher_is_better=higher_is_better)
     notes = _calibrate(model, targets, method, layers, calibration_data, evaluator, calibration_samples, batch_size)
     baseline = evaluator()
     curves = _measure(evaluator, targets, levels, progress)
