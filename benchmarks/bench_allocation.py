@@ -681,35 +681,15 @@ def readme_line(results: dict) -> str:
     return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
 
 
-def write_between(path: Path, body: str, append: bool = True) -> bool:
-    """Writes ``body`` between the allocation markers of ``path``; without the markers, appends
-    them (``append``) or leaves the file alone. Returns whether it wrote."""
-    text = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    elif append:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + block + "\n"
-    else:
-        return False
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
-
-
 def write_docs(results: dict, args) -> None:
     if not args.write_docs:
         return
     target = Path(args.write_docs)
-    write_between(target, section(results, target))
+    bc.replace_between_markers(target, section(results, target), markers=(BEGIN, END))
     print(f"wrote the results section of {target}")
     if target.resolve() == DOCS.resolve() and not results["settings"]["quick"]:
-        if write_between(README, readme_line(results), append=False):
-            print(f"wrote the allocation line of {README}")
-        else:
-            print(f"{README} has no allocation markers; its line is:\n{readme_line(results)}")
+        bc.replace_between_markers(README, readme_line(results), anchor="**File size**", markers=(BEGIN, END))
+        print(f"wrote the allocation line of {README}")
 
 
 # -- main ------------------------------------------------------------------------------------

@@ -1000,14 +1000,15 @@ def readme_line(results: dict) -> str:
     return textwrap.fill(text, 100, break_long_words=False, break_on_hyphens=False)
 
 
-def replace_between_markers(path: Path, body: str, anchor: str | None = None) -> None:
-    """Writes ``body`` between the calibrated markers of ``path``; adds the markers (at the end,
-    or just before the line starting with ``anchor``) when the file lacks them."""
+def replace_between_markers(path: Path, body: str, anchor: str | None = None, markers=(BEGIN, END)) -> None:
+    """Writes ``body`` between the ``markers`` (by default the calibrated ones) of ``path``; adds
+    them (at the end, or just before the line starting with ``anchor``) when the file lacks them."""
+    begin, end = markers
     text = path.read_text() if path.is_file() else ""
-    block = f"{BEGIN}\n{body.strip()}\n{END}"
-    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     elif anchor and anchor in text:
         head, tail = text.split(anchor, 1)
         text = head + block + "\n\n" + anchor + tail

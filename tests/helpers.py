@@ -1,7 +1,11 @@
 """Tiny deterministic models and data shared by the tests."""
 
+import importlib.util
+from pathlib import Path
+
 import keras
 import numpy as np
+import pytest
 
 
 def dense_data(n=256, features=16, classes=3, seed=0):
@@ -135,3 +139,21 @@ def block_model(features=16, classes=3):
     hidden = keras.layers.Dense(24, activation="relu", name="stem")(inputs)
     hidden = GatedBlock(name="block")(hidden)
     return keras.Model(inputs, keras.layers.Dense(classes, name="head")(hidden), name="blocky")
+
+
+# -- benchmark scripts, run by the slow tests ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "data"
+BENCHMARK_DATA = ("tinyshakespeare/input.txt", "mnist", "cifar10-jpg/CIFAR-10-images.tar")
+
+
+def load_benchmark(name: str, needs: tuple[str, ...] = BENCHMARK_DATA):
+    """``benchmarks/<name>.py`` as a module; skips the test when the shared data it ``needs`` is missing."""
+    for needed in needs:
+        if not (DATA_DIR / needed).exists():
+            pytest.skip(f"{needed} is not in {DATA_DIR}")
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

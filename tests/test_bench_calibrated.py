@@ -7,32 +7,18 @@ the four speed runs (SparseGPT and Keras' GPTQ, each in its own process) must fi
 results section must land between its markers.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from helpers import DATA_DIR, load_benchmark
+
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_calibrated", REPO / "benchmarks" / "bench_calibrated.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    for needed in ("tinyshakespeare/input.txt", "mnist", "cifar10-jpg/CIFAR-10-images.tar"):
-        if not (DATA_DIR / needed).exists():
-            pytest.skip(f"{needed} is not in {DATA_DIR}")
-    bench = load_benchmark()
+    bench = load_benchmark("bench_calibrated")
     folder = tmp_path_factory.mktemp("bench_calibrated")
     docs = folder / "oneshot.md"
     docs.write_text("# A guide\n\nSome text.\n")

@@ -6,31 +6,18 @@ finite validation loss and the sparsity it was asked for, the latency comparison
 the printed table must hold every row.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from helpers import DATA_DIR, load_benchmark
+
 pytestmark = [pytest.mark.tensorflow_only, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "data"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("bench_transformers", REPO / "benchmarks" / "bench_transformers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    if not (DATA_DIR / "tinyshakespeare" / "input.txt").is_file():
-        pytest.skip(f"Tiny Shakespeare is not in {DATA_DIR}")
-    bench = load_benchmark()
+    bench = load_benchmark("bench_transformers", needs=("tinyshakespeare/input.txt",))
     folder = tmp_path_factory.mktemp("bench_transformers")
     docs = folder / "transformers.md"
     results = bench.main(["--quick", "--data-dir", str(DATA_DIR), "--cache-dir", str(folder / "cache"),
