@@ -666,14 +666,18 @@ def readme_line(results: dict) -> str:
                 cells.append(f"{method} {best['rule']} {value_text(res, best['metric'])} vs global "
                              f"{value_text(res, base['metric'])}")
         if cells:
-            parts.append(f"{MODELS[name]} at {top:.0%}: " + ", ".join(cells))
+            measure = "test accuracy" if res["higher_is_better"] else "validation loss"
+            parts.append(f"{MODELS[name]} at {top:.0%}, {measure}: " + ", ".join(cells))
     budget = results.get("models", {}).get(BUDGET_MODEL, {}).get("budget", [])
+    reached = []
     for method in METHODS:
         got = {row["rule"]: row["reached"] for row in budget if row["method"] == method and "reached" in row}
         if "uniform" in got and len(got) > 1:
             rule = max((r for r in got if r != "uniform"), key=got.get)
-            parts.append(f"within 1 point of accuracy on LeNet-5, {method} reaches {got[rule]:.0%} with {rule} "
-                         f"allocation against {got['uniform']:.0%} uniform")
+            reached.append(f"{method} reaches {got[rule]:.0%} with {rule} allocation against {got['uniform']:.0%} "
+                           "uniform")
+    if reached:
+        parts.append("within 1 point of accuracy on LeNet-5, " + ", ".join(reached))
     body = "; ".join(parts) if parts else "not measured yet"
     command = results.get("command", ".venv/bin/python benchmarks/bench_allocation.py --write-docs")
     text = (f"**Know before you prune** (sensitivity analysis, per-layer allocation, budget search; `{command}`, "
