@@ -177,3 +177,20 @@ def test_keys_match_whole_path_segments():
     x = keras.Input((3,))
     boxed = keras.Model(x, Box(name="data")(x))
     assert [weight_key(path, variable) for path, variable in select_weights(boxed)] == ["data/a/kernel"]
+
+
+def test_prune_channels_takes_an_allocation_per_layer():
+    from keras_prune import allocate, prune_channels
+
+    net = model()
+    shares = allocate(net, 0.5, rule="uniform").for_layers()
+    assert set(shares) == {"conv", "hidden", "logits"}
+    small = prune_channels(net, {"conv": 0.5, "hidden": 0.75})
+    assert small.get_layer("conv").filters == 2 and small.get_layer("hidden").units == 2
+    assert small.get_layer("logits").units == 3  # the output keeps its channels
+    kept = prune_channels(net, {"hidden": 0.5})
+    assert kept.get_layer("conv").filters == 4 and kept.get_layer("hidden").units == 4
+    with pytest.raises(ValueError, match="does not have"):
+        prune_channels(net, {"dense": 0.5})
+    with pytest.raises(ValueError, match="keep scope='layer'"):
+        prune_channels(net, {"conv": 0.5}, scope="global")

@@ -8,7 +8,7 @@ a functional model when their class cannot hold fewer heads of the same size
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 
@@ -38,7 +38,7 @@ __all__ = [
 
 def plan_channels(
     model: keras.Model,
-    ratio: float,
+    ratio: float | Mapping[str, float],
     *,
     importance: str = "l1",
     scope: str = "layer",
@@ -65,6 +65,9 @@ def plan_channels(
         a: kept 4/8
         b: kept 2/2 (model output channels are kept)
     """
+    layer_ratios = None
+    if isinstance(ratio, Mapping):
+        layer_ratios, ratio = _layer_ratios(model, ratio, scope), 0.0
     ratio = check_sparsity("ratio", ratio)
     heads_ratio = ratio if heads is None else check_sparsity("heads", heads)
     ffn_ratio = ratio if ffn is None else check_sparsity("ffn", ffn)
@@ -101,9 +104,24 @@ def plan_channels(
             heads_explicit=heads is not None and not skip, ffn_explicit=ffn is not None and not skip,
             round_to=round_to,
         ))
-    plan = plan_removal(graph, scores, ratio, scope=scope, round_to=round_to, heads=heads)
+    if layer_ratios is not None and sites:
+        raise ValueError("Per-layer ratios are for Sequential and functional models; a KerasHub backbone loses "
+                         "the same heads and FFN units in every block (heads=, ffn=).")
+    plan = plan_removal(graph, scores, ratio, scope=scope, round_to=round_to, heads=heads, layer_ratios=layer_ratios)
     plan.hub = hub
     return plan
+
+
+def _layer_ratios(model: keras.Model, ratios: Mapping, scope: str) -> dict[str, float]:
+    """Validated ``{layer name: ratio}``; an allocation's per-layer sparsities (``for_layers()``) fit."""
+    if scope != "layer":
+        raise ValueError(f"Per-layer ratios already set each layer's share; keep scope='layer'. Received: scope={scope!r}")
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(str(name) for name in ratios if name not in names)
+    if unknown:
+        raise ValueError(f"Argument `ratio` names layers the model does not have: {unknown}. Use names from "
+                         "model.layers (such as allocate(...).for_layers()).")
+    return {name: check_sparsity(f"ratio[{name!r}]", value) for name, value in ratios.items()}
 
 
 def _hub_layers(model: keras.Model, sites) -> dict[str, str]:
@@ -123,7 +141,7 @@ def _hub_layers(model: keras.Model, sites) -> dict[str, str]:
 
 def prune_channels(
     model: keras.Model,
-    ratio: float,
+    ratio: float | Mapping[str, float],
     *,
     importance: str = "l1",
     scope: str = "layer",
@@ -157,7 +175,9 @@ def prune_channels(
     Args:
         model: a built Sequential or functional model (channels_last), a KerasHub backbone,
             or a KerasHub task.
-        ratio: the fraction of each group's channels to remove, in [0, 1).
+        ratio: the fraction of each group's channels to remove, in [0, 1); or per-layer
+            fractions ``{layer name: ratio}`` (such as ``keras_prune.allocate(...).for_layers()``):
+            a group loses the smallest ratio among the layers producing it, 0 for layers not named.
         importance: ``"l1"``, ``"l2"``, ``"bn_scale"``, ``"taylor"`` or ``"wanda"``
             (see :func:`keras_prune.structured.unit_scores`).
         scope: ``"layer"`` (every group loses ``ratio``) or ``"global"`` (one ranking;
@@ -190,7 +210,7 @@ def prune_channels(
         model, ratio, importance=importance, scope=scope, round_to=round_to,
         exclude=exclude, calibration_data=calibration_data, heads=heads, ffn=ffn,
     )
-    asked = ratio > 0 or bool(heads) or bool(ffn)
+    asked = (any(ratio.values()) if isinstance(ratio, Mapping) else ratio > 0) or bool(heads) or bool(ffn)
     if plan.hub and asked and not plan.removed.any() and not any(h.removes_anything() for h in plan.hub):
         raise ValueError(
             "prune_channels found nothing it can remove from this KerasHub model:\n"

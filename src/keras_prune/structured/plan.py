@@ -69,8 +69,12 @@ def plan_removal(
     scope: str = "layer",
     round_to: int = 1,
     heads: float | None = None,
+    layer_ratios: dict[str, float] | None = None,
 ) -> ChannelPlan:
     """Chooses the lowest-scored units of every prunable group.
+
+    With ``layer_ratios`` (``{layer name: ratio}``, ``scope="layer"``), a group loses the
+    smallest ratio among the layers producing it (0 for a layer not named), instead of ``ratio``.
 
     With ``scope="layer"`` every group loses ``ratio`` of its units; with ``"global"`` the
     units of all groups are ranked together (each group's scores divided by their mean, so
@@ -94,7 +98,7 @@ def plan_removal(
     if scope == "global":
         counts = _global_counts(groups, scores, ratio)
     else:
-        counts = {g.index: int(round(ratio * g.size)) for g in groups}
+        counts = {g.index: int(round(_group_ratio(g, ratio, layer_ratios) * g.size)) for g in groups}
         heads = ratio if heads is None else heads
         for g in groups:
             if _is_heads(g):
@@ -109,6 +113,12 @@ def plan_removal(
         keep = g.size - counts[g.index] if _is_heads(g) else _round_keep(g.size, g.size - counts[g.index], round_to)
         _remove_lowest(graph, g, scores, g.size - keep, removed)
     return ChannelPlan(graph, scores, removed)
+
+
+def _group_ratio(group: Group, ratio: float, layer_ratios: dict[str, float] | None) -> float:
+    if layer_ratios is None:
+        return ratio
+    return min(layer_ratios.get(p.partition(":")[0], 0.0) for p in group.producers)
 
 
 def _is_heads(group: Group) -> bool:
