@@ -91,7 +91,7 @@ BAD_ARGUMENTS = [
      ["--threshold is for --method magnitude only"]),
     (["--method", "sparsegpt", "--sparsity", "0.5", "--pattern", "block:1x4", "--calibration", "{npz}"],
      ["block:RxC is for --method magnitude only"]),
-    (["--method", "sparsegpt", "--calibration", "{npz}"], ["Give --sparsity S (or --m-by-n M:N)"]),
+    (["--method", "sparsegpt", "--calibration", "{npz}"], ["Give --sparsity S (or --m-by-n M:N, or --max-drop D)"]),
     (["--method", "sparsegpt", "--m-by-n", "4:2", "--calibration", "{npz}"], ["--m-by-n must be M:N", "4:2"]),
     (["--method", "sparsegpt", "--m-by-n", "2-4", "--calibration", "{npz}"], ["--m-by-n must be M:N", "2-4"]),
     (["--method", "sparsegpt", "--m-by-n", "block:1x4", "--calibration", "{npz}"], ["--m-by-n must be M:N"]),

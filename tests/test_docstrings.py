@@ -12,7 +12,9 @@ MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", 
            "structured.gradual", "analysis.flops", "analysis.latency", "export.sparse", "oneshot",
            "iterative", "calibration", "calibrated", "linear_views", "text_data", "compat.schedules",
            "compat.wrapper", "compat.callbacks", "compat.tfmot", "allocation", "evaluation", "sensitivity",
-           "budget", "pruned_model"]
+           "budget", "pruned_model", "legacy", "legacy.notes", "legacy.activations", "legacy.objects",
+           "legacy.layers", "legacy.config", "legacy.weights", "legacy.loader", "legacy.training", "cli",
+           "cli._common", "io"]
 
 
 @pytest.mark.parametrize("name", MODULES)

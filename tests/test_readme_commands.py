@@ -23,7 +23,7 @@ pytestmark = pytest.mark.core
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_DEMO = ["--epochs", "1", "--prune-epochs", "1", "--batch-size", "256", "--no-progress"]
-DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo", "analyze"}
+DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo", "analyze", "convert"}
 TENSORFLOW_FLAGS = {"--litert"}  # LiteRT measurements; dropped on the other backends
 
 
@@ -70,6 +70,7 @@ def data(n=64):
 def prepare(folder: Path, commands: list[list[str]]) -> None:
     """Writes the input files the commands name: model.keras and every --data/--calibration .npz."""
     model().save(folder / "model.keras")
+    model().save(folder / "model.h5")  # what `convert` reads
     for argv in commands:
         for flag, value in itertools.pairwise(argv):
             if flag in ("--data", "--calibration") and value.endswith(".npz"):

@@ -8,22 +8,50 @@ Example:
     >>> final = keras_prune.strip_pruning(pruned)
 """
 
-from keras_prune.allocation import Allocation, allocate
-from keras_prune.analysis import PruningReport, summarize
-from keras_prune.budget import prune_to_budget
-from keras_prune.calibrated import oneshot_prune
-from keras_prune.callbacks import PruningSummaries, UpdatePruningStep
-from keras_prune.export import SparseFormatError, export_litert, export_sparse, load_sparse
-from keras_prune.handlers import LayerHandler, register_handler
-from keras_prune.iterative import iterative_prune
-from keras_prune.oneshot import magnitude_prune
-from keras_prune.prune import PruningPolicy, prune_low_magnitude, strip_pruning
-from keras_prune.pruned_model import PrunedModel
-from keras_prune.registry import PrunableLayer, UnsupportedLayerError
-from keras_prune.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule
-from keras_prune.sensitivity import SensitivityResult, sensitivity
-from keras_prune.structured import GradualChannelPruning, fold_batchnorm, prune_channels
-from keras_prune.wrapper import PruneLowMagnitude
+import importlib as _importlib
+import os as _os
+import sys as _sys
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "keras_prune.allocation": ("Allocation", "allocate"),
+    "keras_prune.analysis": ("PruningReport", "summarize"),
+    "keras_prune.budget": ("prune_to_budget",),
+    "keras_prune.calibrated": ("oneshot_prune",),
+    "keras_prune.callbacks": ("PruningSummaries", "UpdatePruningStep"),
+    "keras_prune.export": ("SparseFormatError", "export_litert", "export_sparse", "load_sparse"),
+    "keras_prune.handlers": ("LayerHandler", "register_handler"),
+    "keras_prune.iterative": ("iterative_prune",),
+    "keras_prune.legacy": ("conversion_of",),  # also registers Keras 2's hard_sigmoid for loading
+    "keras_prune.oneshot": ("magnitude_prune",),
+    "keras_prune.prune": ("PruningPolicy", "prune_low_magnitude", "strip_pruning"),
+    "keras_prune.pruned_model": ("PrunedModel",),
+    "keras_prune.registry": ("PrunableLayer", "UnsupportedLayerError"),
+    "keras_prune.schedules": ("ConstantSparsity", "PolynomialDecay", "PruningSchedule"),
+    "keras_prune.sensitivity": ("SensitivityResult", "sensitivity"),
+    "keras_prune.structured": ("GradualChannelPruning", "fold_batchnorm", "prune_channels"),
+    "keras_prune.wrapper": ("PruneLowMagnitude",),
+}
+
+
+def _load_api() -> None:
+    """Imports the API (Keras with it), which also registers keras-prune's serializable classes."""
+    for module, names in _EXPORTS.items():
+        loaded = _importlib.import_module(module)
+        globals().update({name: getattr(loaded, name) for name in names})
+
+
+def __getattr__(name: str):
+    if any(name in names for names in _EXPORTS.values()):
+        _load_api()
+        return globals()[name]
+    raise AttributeError(f"module 'keras_prune' has no attribute {name!r}")
+
+
+# The `keras-prune` command imports Keras only when a subcommand needs it, after quieting
+# TensorFlow's logs (and `--help` never does); everyone else gets the whole API at import.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") not in ("keras-prune", "keras-prune.exe"):
+    _load_api()
 
 __version__ = "0.1.0"
 
@@ -45,6 +73,7 @@ __all__ = [
     "UnsupportedLayerError",
     "UpdatePruningStep",
     "allocate",
+    "conversion_of",
     "export_litert",
     "export_sparse",
     "fold_batchnorm",

@@ -26,23 +26,46 @@ def load_model(
     *,
     weights: str | os.PathLike | None = None,
     safe_mode: bool = True,
+    custom_objects: dict | None = None,
 ) -> keras.Model:
-    """Loads a ``.keras`` model, a legacy ``.h5`` model, or a JSON architecture plus weights.
+    """Loads a ``.keras`` model, an ``.h5`` model, a JSON architecture plus weights, or a
+    tf.keras SavedModel folder.
+
+    Files written by Keras 2 (tf.keras 2.x, standalone Keras 2.x) are translated to Keras 3 by
+    :mod:`keras_prune.legacy`, which lists every change: see
+    :func:`keras_prune.legacy.conversion_of`.
 
     Args:
-        path: the model file, or a ``.json`` architecture (from ``model.to_json()``).
+        path: the model file, a ``.json`` architecture (from ``model.to_json()``), or a
+            SavedModel folder written by tf.keras.
         weights: the weights file (``.weights.h5`` or legacy ``.h5``) for a ``.json`` path.
         safe_mode: refuse files that carry code (Lambda layers); pass ``False`` only for
             files you trust.
+        custom_objects: ``{name: class or function}`` for the custom layers and functions
+            the model uses (CLI: ``--custom-objects module.py``).
 
     Raises:
-        ModelFileError: the file is missing, truncated, not a Keras model, or carries code
-            while ``safe_mode`` is on.
+        ModelFileError: the file is missing, truncated, not a Keras model, carries code
+            while ``safe_mode`` is on, or uses a custom class not in ``custom_objects``.
 
     Example:
-        >>> model = load_model("model.json", weights="model.weights.h5")
+        >>> model = load_model("model.json", weights="model.weights.h5")  # doctest: +SKIP
     """
-    path = _check_input(path, "Model")
+    from keras_prune import legacy  # registers keras2_hard_sigmoid, which converted models use
+
+    custom_objects = dict(custom_objects or {})
+    with keras.saving.custom_object_scope(custom_objects):
+        path = Path(path)
+        if path.is_dir() and legacy.savedmodel.is_saved_model(path):
+            if weights is not None:
+                raise ModelFileError(f"Argument `weights` is only for a .json architecture; '{path}' holds its own.")
+            return legacy.load_saved_model(path, custom_objects=custom_objects, safe_mode=safe_mode)
+        return _load_file(_check_input(path, "Model"), weights, safe_mode, custom_objects)
+
+
+def _load_file(path: Path, weights, safe_mode: bool, custom_objects: dict) -> keras.Model:
+    from keras_prune import legacy
+
     suffix = path.suffix.lower()
     if suffix == ARCHITECTURE_SUFFIX:
         if weights is None:
@@ -50,7 +73,7 @@ def load_model(
                 f"'{path}' is an architecture without weights; pass its weights file too "
                 "(weights=..., CLI: --weights FILE.h5)."
             )
-        return _load_json(path, _check_input(weights, "Weights"), safe_mode)
+        return _load_json(path, _check_input(weights, "Weights"), safe_mode, custom_objects)
     if weights is not None:
         raise ModelFileError(
             f"Argument `weights` is only for a .json architecture; '{path}' holds its own weights."
@@ -65,12 +88,32 @@ def load_model(
     if suffix not in MODEL_SUFFIXES:
         raise ModelFileError(
             f"Model file '{path}' has an unknown extension; expected one of "
-            f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX, SPARSE_SUFFIX))}."
+            f"{', '.join(MODEL_SUFFIXES + (ARCHITECTURE_SUFFIX, SPARSE_SUFFIX))}, or a SavedModel folder."
         )
+    if suffix != ".keras" and legacy.h5.is_weights_only(path):
+        raise ModelFileError(
+            f"'{path}' holds only weights (Keras 2's save_weights); load its architecture (.json) and pass "
+            "this file as weights (CLI: MODEL.json --weights FILE)."
+        )
+    if suffix != ".keras" and legacy.h5.is_legacy_model(path):
+        with _legacy_errors(path):
+            return legacy.load_h5(path, custom_objects=custom_objects, safe_mode=safe_mode)
+    if suffix == ".keras" and legacy.archive.is_legacy(path):
+        with _legacy_errors(path):
+            return legacy.load_keras_zip(path, custom_objects=custom_objects, safe_mode=safe_mode)
     with _load_errors(path), warnings.catch_warnings():
         # Files saved without optimizer state (save_model's default) get a fresh optimizer.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return keras.saving.load_model(path, safe_mode=safe_mode)
+        try:
+            return keras.saving.load_model(path, safe_mode=safe_mode, custom_objects=custom_objects)
+        except Exception as error:  # Keras 3's own .h5 files can fail on their compile settings
+            if suffix == ".keras":
+                raise
+            reason = _reason(error)
+            model = keras.saving.load_model(path, safe_mode=safe_mode, custom_objects=custom_objects, compile=False)
+    warnings.warn(f"'{path}': its compile settings could not be restored ({reason}); loaded uncompiled.",
+                  stacklevel=2)
+    return model
 
 
 def _load_sparse(path: Path, safe_mode: bool) -> keras.Model:
@@ -85,13 +128,16 @@ def _load_sparse(path: Path, safe_mode: bool) -> keras.Model:
 def _check_input(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if path.is_dir():
-        raise ModelFileError(f"{what} path '{path}' is a folder; pass the file itself.")
+        hint = " (a SavedModel folder needs saved_model.pb)" if what == "Model" else ""
+        raise ModelFileError(f"{what} path '{path}' is a folder{hint}; pass the file itself.")
     if not path.is_file():
         raise ModelFileError(f"{what} file '{path}' does not exist. Check the path.")
     return path
 
 
-def _load_json(path: Path, weights: Path, safe_mode: bool) -> keras.Model:
+def _load_json(path: Path, weights: Path, safe_mode: bool, custom_objects: dict) -> keras.Model:
+    from keras_prune import legacy
+
     with _load_errors(path):
         try:
             config = json.loads(path.read_text())
@@ -102,12 +148,29 @@ def _load_json(path: Path, weights: Path, safe_mode: bool) -> keras.Model:
                 f"'{path}' is JSON but not a model architecture (no `class_name`); save one "
                 "with `model.to_json()`."
             )
-        model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
+        if legacy.is_legacy_json(config):
+            with _legacy_errors(path):
+                return legacy.load_json(path, weights, config, custom_objects=custom_objects, safe_mode=safe_mode)
+        model = keras.saving.deserialize_keras_object(config, safe_mode=safe_mode, custom_objects=custom_objects)
         if not isinstance(model, keras.Model):
             raise ModelFileError(f"'{path}' describes a {type(model).__name__}, not a model.")
     with _load_errors(weights, architecture=path):
         model.load_weights(weights)
     return model
+
+
+@contextlib.contextmanager
+def _legacy_errors(path: Path):
+    """Reading errors of a Keras 2 file (h5py, JSON) as one ModelFileError; the loader's own
+    ModelFileErrors pass through."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:
+        raise ModelFileError(
+            f"Cannot read '{path}' as a Keras 2 model ({_reason(error)}); check that the file is complete."
+        ) from error
 
 
 @contextlib.contextmanager
@@ -128,6 +191,12 @@ def _load_errors(path: Path, *, architecture: Path | None = None):
                 "mode refuses to run. Load it with safe_mode=False (CLI: --unsafe) only if "
                 "you trust the file."
             ) from error
+        missing = _MISSING_CLASS.search(str(innermost_error(error)))
+        if missing:
+            raise ModelFileError(
+                f"Cannot load '{path}': {missing[0]} (a custom {missing[1]}, not part of Keras); "
+                f"{custom_objects_advice(missing[2])}."
+            ) from error
         if architecture is not None:
             raise ModelFileError(
                 f"Cannot load weights '{path}' into the architecture '{architecture}' "
@@ -137,6 +206,21 @@ def _load_errors(path: Path, *, architecture: Path | None = None):
             f"Cannot load '{path}' as a Keras model ({_reason(error)}); check that the "
             "file is complete and was saved by Keras."
         ) from error
+
+
+# Keras's error for a class or function it has no code for.
+_MISSING_CLASS = re.compile(r"Could not locate (class|function) '([^']+)'")
+
+
+def custom_objects_advice(name: str) -> str:
+    """What to do about a custom class or function ``name`` that Keras cannot find.
+
+    Example:
+        >>> custom_objects_advice("my_pkg>Scale")
+        "pass the code that defines it: --custom-objects module.py (API: custom_objects={'Scale': Scale})"
+    """
+    short = name.rsplit(">", 1)[-1]
+    return f"pass the code that defines it: --custom-objects module.py (API: custom_objects={{'{short}': {short}}})"
 
 
 def check_output_path(

@@ -7,18 +7,27 @@ so that ``--help`` is instant.
 Every failure ends the same way: one or two lines on stderr (the message, and its innermost
 cause when that adds something), exit code 1; usage errors exit 2; Ctrl-C exits 130. No
 traceback is shown unless ``KERAS_PRUNE_DEBUG=1`` is set.
+
+Commands are quiet: TensorFlow's C++ log lines (oneDNN, cpu_feature_guard, absl) are hidden,
+and each Python or Keras warning is shown once, on one line, unless ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import os
+import re
 import sys
+import tempfile
+import warnings
 
 # Subcommand modules, in the order `keras-prune --help` lists them.
 SUBCOMMANDS = [
     "demo",
+    "convert",
     "export",
     "inspect_model",
     "prune_model",
@@ -26,6 +35,7 @@ SUBCOMMANDS = [
     "finetune",
     "strip",
     "shrink",
+    "analyze",
 ]
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -35,6 +45,7 @@ MAX_LINE = 500  # characters of one error line; Keras and TensorFlow messages ca
 EPILOG = f"""\
 exit codes: 0 success, 1 failure (one or two lines on stderr), 2 usage error, 130 interrupted.
 Set {DEBUG_VARIABLE}=1 to see the full Python traceback of a failure."""
+VERBOSE_HELP = "show TensorFlow's log lines and every warning in full (hidden or shortened by default)"
 
 
 class CLIError(Exception):
@@ -48,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"keras_prune.cli.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():  # also after the command: keras-prune inspect M --verbose
+        with contextlib.suppress(argparse.ArgumentError):
+            subparser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -67,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return _exit_code(exit_.code)
     try:
-        return int(args.run(args) or EXIT_OK)
+        with quiet(not (args.verbose or _debugging())):
+            _load_api()
+            return int(args.run(args) or EXIT_OK)
     except KeyboardInterrupt:
         if _debugging():
             raise
@@ -79,6 +96,109 @@ def main(argv: list[str] | None = None) -> int:
         for line in error_lines(error, prefix=f"keras-prune {args.command}: error: "):
             print(line, file=sys.stderr)
         return EXIT_FAILURE
+
+
+# -- quiet output: TensorFlow's C++ logs hidden, warnings once and short ---------------------------
+
+# A line of TensorFlow's C++ (absl) log: "I0000 00:00:1712345678.123456   12345 port.cc:153] ..."
+# (the time is hh:mm:ss.us, or the seconds since 1970 before absl is set up),
+# and absl's notice that such lines go to stderr before its logging is set up.
+_CPP_LOG = re.compile(r"^[IWEF]\d{4} [\d:.]+\s+\d+ [^ ]+:\d+\] |^WARNING: All log messages before absl::")
+# Warnings about how Keras or TensorFlow work inside, not about the user's model or data.
+_NOISE = re.compile(
+    r"Skipping variable loading for optimizer|compiled metrics have yet to be built|"
+    r"triggered tf\.function retracing|saving your model as an HDF5 file|"
+    r"Do not pass an `input_shape`/`input_dim` argument to a layer|"
+    r"`compile\(\)` was not called as part of model loading because the model's `compile\(\)` method is custom"
+)
+_LOGGERS = ("tensorflow", "absl", "keras", "jax._src.xla_bridge")
+
+
+@contextlib.contextmanager
+def quiet(enabled: bool = True):
+    r"""Within the block: TensorFlow's C++ logs are hidden (``TF_CPP_MIN_LOG_LEVEL=3`` unless
+    set, and the lines it prints while being imported are dropped), and each warning (Python
+    ``warnings``, and the ``tensorflow``/``absl``/``keras`` loggers) is printed once, as one
+    ``warning: ...`` line, except the ones about Keras internals. Restored on exit.
+
+    Example:
+        >>> import contextlib, sys, warnings
+        >>> with contextlib.redirect_stderr(sys.stdout), quiet():
+        ...     warnings.warn("The first line says it all.\nDetails.")
+        ...     warnings.warn("The first line says it all.\nDetails.")
+        warning: The first line says it all.
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _import_silently("keras")  # imports TensorFlow on its backend
+    seen: set[str] = set()
+    handler = _BriefHandler(seen)
+    saved = [(logger, logger.handlers[:], logger.propagate) for logger in map(logging.getLogger, _LOGGERS)]
+    for logger, _, _ in saved:
+        logger.handlers, logger.propagate = [handler], False
+    showwarning, warnings.showwarning = warnings.showwarning, lambda message, *_, **__: _brief(str(message), seen)
+    try:
+        yield
+    finally:
+        warnings.showwarning = showwarning
+        for logger, handlers, propagate in saved:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+class _BriefHandler(logging.Handler):
+    def __init__(self, seen: set[str]):
+        super().__init__(logging.WARNING)
+        self.seen = seen
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _brief(record.getMessage(), self.seen)
+
+
+def _brief(message: str, seen: set[str]) -> None:
+    """Prints ``warning: <first line of message>`` unless seen before or noise."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines or lines[0] in seen or _NOISE.search(message):
+        return
+    seen.add(lines[0])
+    print(_shorten(f"warning: {lines[0]}", limit=300), file=sys.stderr)
+
+
+def _import_silently(module: str) -> None:
+    """Imports ``module`` with file descriptor 2 caught, then prints back what was not a C++ log
+    line. TensorFlow's native libraries write to the descriptor directly while being loaded,
+    before TF_CPP_MIN_LOG_LEVEL applies."""
+    if module in sys.modules:
+        return
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr descriptor: nothing to hide
+        importlib.import_module(module)
+        return
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            importlib.import_module(module)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines() if line.strip() and not _CPP_LOG.match(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
+
+
+def _load_api() -> None:
+    """Imports keras-prune's API, which registers its classes with Keras. ``keras_prune`` skips
+    that while the ``keras-prune`` command starts, so that ``--help`` needs no Keras and the
+    command can hide TensorFlow's start-up logs first."""
+    import keras_prune
+
+    keras_prune.PruneLowMagnitude  # noqa: B018  (the first public name loads them all)
 
 
 def _exit_code(code: object) -> int:

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import math
+import sys
+from pathlib import Path
 
 from keras_prune.cli import CLIError
 
@@ -11,14 +16,20 @@ OUTPUT_SUFFIXES = (".keras", ".h5")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL, --weights and --unsafe."""
+    """MODEL, --weights, --custom-objects and --unsafe."""
     parser.add_argument(
         "model", metavar="MODEL",
-        help="model file: .keras, legacy .h5, or a .json architecture with --weights",
+        help="model file: .keras or .h5 (Keras 3, or tf.keras/Keras 2), a .json architecture with --weights, "
+        "or a tf.keras SavedModel folder; Keras 2 models are translated to Keras 3 and the changes listed",
     )
     parser.add_argument(
         "--weights", metavar="FILE",
         help="weights file (.weights.h5 or .h5) for a .json architecture MODEL",
+    )
+    parser.add_argument(
+        "--custom-objects", metavar="MODULE",
+        help="a Python file (module.py) or importable module defining the custom layers and "
+        "functions MODEL uses; its public classes and functions are passed to Keras by name",
     )
     parser.add_argument(
         "--unsafe", action="store_true",
@@ -48,12 +59,74 @@ def check_output(args: argparse.Namespace, suffixes: tuple[str, ...] = OUTPUT_SU
     return check_output_path(args.output, overwrite=args.overwrite, inputs=inputs, suffixes=suffixes)
 
 
-def load(args: argparse.Namespace):
-    """Loads MODEL; importing keras_prune first registers its serializable classes."""
+def load(args: argparse.Namespace, *, announce: bool = True):
+    """Loads MODEL; importing keras_prune first registers its serializable classes.
+
+    A model read from a Keras 2 file gets its translations printed on stderr unless
+    ``announce`` is false (see :func:`print_conversion`).
+    """
     import keras_prune  # noqa: F401  (registers PruneLowMagnitude and the schedules)
     from keras_prune.io import load_model
 
-    return load_model(args.model, weights=args.weights, safe_mode=not args.unsafe)
+    custom = read_custom_objects(args.custom_objects) if getattr(args, "custom_objects", None) else None
+    model = load_model(args.model, weights=args.weights, safe_mode=not args.unsafe, custom_objects=custom)
+    if announce:
+        print_conversion(model, file=sys.stderr)
+    return model
+
+
+def print_conversion(model, file=None) -> bool:
+    """Prints what was translated when ``model`` came from a Keras 2 file: a header line, then
+    one line per distinct change. Returns whether it printed anything."""
+    from keras_prune.legacy import conversion_of
+
+    conversion = conversion_of(model)
+    if conversion is None:
+        return False
+    print(f"note: {conversion.header()}", file=file)
+    for line in conversion.summary():
+        print(f"  {line}", file=file)
+    return True
+
+
+def read_custom_objects(source: str) -> dict:
+    """``{name: object}`` of the public classes and functions that ``source`` defines (a
+    ``.py`` file, or an importable module name), for ``custom_objects=``.
+
+    Example:
+        >>> objects = read_custom_objects("keras_prune.legacy.activations")
+        >>> sorted(objects)
+        ['keras2_hard_sigmoid', 'serialized']
+    """
+    module = _import_module(source)
+    return {
+        name: value for name, value in vars(module).items()
+        if not name.startswith("_") and callable(value) and getattr(value, "__module__", None) == module.__name__
+    }
+
+
+def _import_module(source: str):
+    path = Path(source)
+    if path.suffix != ".py":
+        try:
+            return importlib.import_module(source)
+        except ImportError as error:
+            raise CLIError(f"--custom-objects {source}: cannot import it ({error}); pass a .py file or a module name.") from None
+    if not path.is_file():
+        raise CLIError(f"--custom-objects file '{source}' does not exist. Check the path.")
+    name = f"_keras_prune_custom_objects_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look their module up there
+    sys.path.insert(0, str(path.resolve().parent))  # so it can import the modules next to it
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # whatever the user's module raises
+        raise CLIError(f"--custom-objects '{source}' failed to run: {type(error).__name__}: {error}") from None
+    finally:
+        with contextlib.suppress(ValueError):  # unless the module took it out itself
+            sys.path.remove(str(path.resolve().parent))
+    return module
 
 
 def save(model, args: argparse.Namespace) -> None:

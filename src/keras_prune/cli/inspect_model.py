@@ -11,7 +11,9 @@ Print one row per layer that holds weights: type, parameters, prunable parameter
 sparsity of the prunable weights, the sparsity pattern (dense, unstructured, M:N = M zeros in
 every N consecutive input weights, block RxC) and the bytes stored densely and with an
 estimated sparse encoding (a bitmask plus the nonzero values), then the totals.
-Layer paths shown here are the ones --layers/--exclude of `keras-prune prune` and `finetune` match."""
+Layer paths shown here are the ones --layers/--exclude of `keras-prune prune` and `finetune` match.
+A model saved by Keras 2 (tf.keras .h5, .json + weights, SavedModel folder) is read as Keras 3;
+what was translated is listed on stderr (and under settings with --json)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +30,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from keras_prune.analysis import summarize
+    from keras_prune.legacy import conversion_of
 
-    report = summarize(load(args), settings={"model": args.model})
+    model = load(args)
+    settings = {"model": args.model}
+    conversion = conversion_of(model)
+    if conversion is not None:  # the translations, also in --json
+        settings["converted_from"] = f"Keras {conversion.keras_version} ({conversion.format})"
+        settings["translations"] = [str(note) for note in conversion.translations]
+    report = summarize(model, settings=settings)
     if args.json:
         print(report.to_json())
     else:
