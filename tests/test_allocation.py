@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from keras_prune import magnitude_prune
 from keras_prune.allocation import Allocation, allocate, fill, max_count, round_counts, weight_macs
 from keras_prune.masks import prune_count
-from keras_prune.oneshot import select_weights
-from keras_prune.sensitivity import weight_keys
+from keras_prune.oneshot import select_weights, weight_keys
 
 pytestmark = pytest.mark.core
 

@@ -27,7 +27,7 @@ import numpy as np
 from keras_prune._keras_compat import all_layers, own_variables
 from keras_prune._validation import check_choice, check_int, check_sparsity
 from keras_prune.masks import prune_count
-from keras_prune.oneshot import LayerFilter, _check_layer_filter, list_paths, select_weights
+from keras_prune.oneshot import LayerFilter, _check_layer_filter, list_paths, select_weights, weight_keys
 
 RULES = ("uniform", "global", "erk", "owl", "sensitivity")
 MEASURES = ("weights", "flops")
@@ -198,7 +198,6 @@ class _Weights:
     """The selected weights: keys, variables, sizes, FLOPs and how many of each may be pruned."""
 
     def __init__(self, model: keras.Model, layers: LayerFilter, max_sparsity: float):
-        from keras_prune.sensitivity import weight_keys  # one key per weight, as sensitivity results name them
 
         selected = select_weights(model, layers)
         self.keys = weight_keys(selected)

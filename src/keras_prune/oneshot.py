@@ -193,6 +193,26 @@ def weight_key(path: str, variable) -> str:
     return f"{path}/{own}"
 
 
+def weight_keys(selected: list[tuple[str, object]]) -> list[str]:
+    """The :func:`weight_key` of each ``(layer path, variable)`` of
+    :func:`select_weights`, checked to be distinct.
+
+    Example:
+        >>> layer = keras.layers.MultiHeadAttention(2, 4, name="attention")
+        >>> _ = layer(np.ones((1, 3, 8)), np.ones((1, 3, 8)))
+        >>> weight_keys([("block/attention", w) for w in layer.weights if w.name == "kernel"])[:2]
+        ['block/attention/query/kernel', 'block/attention/key/kernel']
+
+    Raises:
+        ValueError: two weights would have the same key.
+    """
+    keys = [weight_key(path, variable) for path, variable in selected]
+    if len(set(keys)) < len(keys):
+        twice = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"Two selected weights have the key '{twice}'; give one of their layers another name.")
+    return keys
+
+
 def _show(sparsity, threshold, scope) -> str:
     return f"sparsity={sparsity!r}, threshold={threshold!r}, scope={scope!r}"
 

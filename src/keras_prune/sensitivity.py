@@ -37,7 +37,7 @@ from keras_prune.evaluation import Evaluator, MetricSpec
 from keras_prune.io import atomic_write
 from keras_prune.linear_views import weight_views
 from keras_prune.masks import prune_count, sparsity_mask, zero_pruned
-from keras_prune.oneshot import LayerFilter, select_weights, weight_key, weight_name
+from keras_prune.oneshot import LayerFilter, select_weights, weight_keys, weight_name
 
 DEFAULT_SPARSITIES = (0.25, 0.5, 0.7, 0.8, 0.9, 0.95)
 FORMAT = "keras-prune-sensitivity"
@@ -161,26 +161,6 @@ def _targets(selected: list[tuple[str, object]]) -> list[_Target]:
                              "pruning. Fix or retrain the model first.")
         targets.append(_Target(key, variable, values))
     return targets
-
-
-def weight_keys(selected: list[tuple[str, object]]) -> list[str]:
-    """The :func:`~keras_prune.oneshot.weight_key` of each ``(layer path, variable)`` of
-    :func:`~keras_prune.oneshot.select_weights`, checked to be distinct.
-
-    Example:
-        >>> layer = keras.layers.MultiHeadAttention(2, 4, name="attention")
-        >>> _ = layer(np.ones((1, 3, 8)), np.ones((1, 3, 8)))
-        >>> weight_keys([("block/attention", w) for w in layer.weights if w.name == "kernel"])[:2]
-        ['block/attention/query/kernel', 'block/attention/key/kernel']
-
-    Raises:
-        ValueError: two weights would have the same key.
-    """
-    keys = [weight_key(path, variable) for path, variable in selected]
-    if len(set(keys)) < len(keys):
-        twice = next(key for key in keys if keys.count(key) > 1)
-        raise ValueError(f"Two selected weights have the key '{twice}'; give one of their layers another name.")
-    return keys
 
 
 def _calibrate(model, targets: list[_Target], method: str, layers: LayerFilter, calibration_data,
