@@ -7,7 +7,7 @@ from collections import defaultdict
 import keras
 import numpy as np
 
-from keras_prune import _host
+from keras_prune import _backend, _host
 from keras_prune._keras_compat import call_takes_training
 from keras_prune.core import MaskGroup, PruningState, constraints_hold_masks, pruning_state_of
 from keras_prune.wrapper import PruneLowMagnitude
@@ -186,8 +186,8 @@ def _updates_in_step(model) -> bool:
     if not call_takes_training(model):
         reason = (f"the call() of model '{model.name}' takes no `training` argument; add "
                   "`training=None` to it and pass it on to the layers")
-    elif keras.backend.backend() == "tensorflow" and getattr(model, "jit_compile", False):
-        reason = "XLA (jit_compile=True) cannot call the host; compile with jit_compile=False"
+    elif (problem := _backend.current().in_step_problem(model)) is not None:
+        reason = problem
     else:
         return True
     raise ValueError(

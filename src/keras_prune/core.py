@@ -127,6 +127,7 @@ class PruningState:
 
         ``input_axes`` are the weights' input axes, along which N:M patterns group them.
         """
+        _backend.current().check_placement(self.name, weights)
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),

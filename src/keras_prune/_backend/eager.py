@@ -5,6 +5,15 @@ from __future__ import annotations
 import keras
 
 
+def in_step_problem(model) -> str | None:
+    """Masks can always update inside this backend's train step."""
+    return None
+
+
+def check_placement(owner: str, weights: list) -> None:
+    """Nothing to check: this backend has no tf.distribute-style variable placement."""
+
+
 def update_in_step(wrapper, step):
     """Recomputes ``wrapper``'s masks when its schedule updates at ``step``."""
     step = int(keras.ops.convert_to_numpy(step))

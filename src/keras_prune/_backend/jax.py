@@ -16,6 +16,15 @@ from keras_prune._backend import is_update_step
 from keras_prune._keras_compat import no_autocast, stateless_scope
 
 
+def in_step_problem(model) -> str | None:
+    """Masks can always update inside this backend's train step."""
+    return None
+
+
+def check_placement(owner: str, weights: list) -> None:
+    """Nothing to check: this backend has no tf.distribute-style variable placement."""
+
+
 def update_in_step(wrapper, step):
     """Recomputes ``wrapper``'s masks when its schedule updates at ``step``."""
     # Masks are not differentiable: the callback sees values with their gradient stopped.

@@ -13,6 +13,40 @@ import tensorflow as tf
 from keras_prune._backend import is_update_step
 
 
+def in_step_problem(model) -> str | None:
+    """Why masks cannot update inside ``model``'s compiled train step, or ``None`` if they can."""
+    if getattr(model, "jit_compile", False):
+        return "XLA (jit_compile=True) cannot call the host; compile with jit_compile=False"
+    if model.distribute_strategy.num_replicas_in_sync > 1:
+        # Each replica would call the host inside its own branch of the step's graph, which
+        # tf.distribute cannot run; between steps, one host update writes every replica.
+        return f"under tf.distribute ({type(model.distribute_strategy).__name__}) masks update between steps only"
+    return None
+
+
+def check_placement(owner: str, weights: list) -> None:
+    """Refuses masks that would not live where the weights they mask live.
+
+    Masks are created in the strategy scope active when pruning starts; the weights were
+    created in the one active when the model was built. They must be the same.
+    """
+    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+    for weight in weights:
+        distributed = isinstance(weight.value, tf.distribute.DistributedValues)
+        if distributed and strategy is None:
+            raise ValueError(
+                f"Weight '{weight.path}' of '{owner}' was created under a tf.distribute strategy, "
+                "but pruning starts outside it: call prune_low_magnitude (and compile) inside the "
+                "same `with strategy.scope():` that built the model."
+            )
+        if strategy is not None and not distributed:
+            raise ValueError(
+                f"Weight '{weight.path}' of '{owner}' was created outside the tf.distribute strategy "
+                f"({type(strategy).__name__}) now in scope: build or load the model inside "
+                "`with strategy.scope():`, then prune and compile it there."
+            )
+
+
 def update_in_step(wrapper, step):
     """Recomputes ``wrapper``'s masks when its schedule updates at ``step``; returns a token."""
     own = wrapper.prunable_weights()
