@@ -74,3 +74,16 @@ def build_by_calling(layer, *args, **kwargs) -> None:
     from keras.src.backend import compute_output_spec
 
     compute_output_spec(layer.__call__, *args, **kwargs)
+
+
+def share_layout(variable, like) -> None:
+    """Lays ``variable`` out over devices as ``like`` is (Keras distribution API, JAX).
+
+    A variable's layout comes from the distribution's ``LayoutMap`` by the variable's path
+    when it is created; a mask's path is not its kernel's, so it gets its kernel's layout here.
+    """
+    layout = getattr(like, "_layout", None)
+    if layout is None:
+        return
+    variable._layout = layout
+    variable._direct_assign(variable.value)

@@ -127,7 +127,6 @@ class PruningState:
 
         ``input_axes`` are the weights' input axes, along which N:M patterns group them.
         """
-        _backend.current().check_placement(self.name, weights)
         self.pruning_step = self.add_weight(
             name="pruning_step",
             shape=(),
@@ -142,6 +141,7 @@ class PruningState:
             self._thresholds.append(self.add_weight(
                 name=f"threshold_{i}", shape=(), dtype=weight.dtype, initializer="zeros", trainable=False,
             ))
+        _backend.current().place_masks(self.name, weights, self._masks)
         with untracked():  # the pruned layer owns these variables; this state only points at them
             self._pruned = list(weights)
             self._input_axes = list(input_axes)

@@ -10,8 +10,8 @@ def in_step_problem(model) -> str | None:
     return None
 
 
-def check_placement(owner: str, weights: list) -> None:
-    """Nothing to check: this backend has no tf.distribute-style variable placement."""
+def place_masks(owner: str, weights: list, masks: list) -> None:
+    """Nothing to do: masks live where Keras creates them on this backend."""
 
 
 def update_in_step(wrapper, step):

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from keras_prune._backend import is_update_step
-from keras_prune._keras_compat import no_autocast, stateless_scope
+from keras_prune._keras_compat import no_autocast, share_layout, stateless_scope
 
 
 def in_step_problem(model) -> str | None:
@@ -21,8 +21,10 @@ def in_step_problem(model) -> str | None:
     return None
 
 
-def check_placement(owner: str, weights: list) -> None:
-    """Nothing to check: this backend has no tf.distribute-style variable placement."""
+def place_masks(owner: str, weights: list, masks: list) -> None:
+    """Lays each mask out over devices as its weight is (a ``LayoutMap`` names only the weights)."""
+    for weight, mask in zip(weights, masks):
+        share_layout(mask, weight)
 
 
 def update_in_step(wrapper, step):

@@ -24,8 +24,8 @@ def in_step_problem(model) -> str | None:
     return None
 
 
-def check_placement(owner: str, weights: list) -> None:
-    """Refuses masks that would not live where the weights they mask live.
+def place_masks(owner: str, weights: list, masks: list) -> None:
+    """Refuses masks that would not live where the weights they mask live (same strategy).
 
     Masks are created in the strategy scope active when pruning starts; the weights were
     created in the one active when the model was built. They must be the same.
