@@ -14,7 +14,7 @@ MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", 
            "compat.wrapper", "compat.callbacks", "compat.tfmot", "allocation", "evaluation", "sensitivity",
            "budget", "pruned_model", "legacy", "legacy.notes", "legacy.activations", "legacy.objects",
            "legacy.layers", "legacy.config", "legacy.weights", "legacy.loader", "legacy.training", "cli",
-           "cli._common", "io"]
+           "cli._common", "io", "export.entropy", "export.encodings"]
 
 
 @pytest.mark.parametrize("name", MODULES)

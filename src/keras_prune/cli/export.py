@@ -16,6 +16,10 @@ its outputs and Keras's on random sample inputs.
 
   sparse  the keras-prune .kpsparse file: architecture + per-tensor sparse encodings,
           compressed; `--values float32` is lossless. Every keras-prune command reads it.
+          A tensor with at most 256 distinct nonzero values (a clustered kernel, or the int8
+          kernel of a model quantized with Keras' model.quantize("int8")) is stored as a
+          codebook plus entropy-coded (rANS) symbols, automatically; the encodings used are
+          printed.
   litert  a LiteRT (.tflite) flatbuffer converted with the sparsity optimization; a
           mixed-precision model is converted as float32 (LiteRT's kernels run float32).
 
@@ -71,7 +75,18 @@ def run(args: argparse.Namespace) -> int:
         f"{args.output}: {after:,} bytes ({after / before:.3f}x of {args.model}, {before:,} bytes); "
         f"max |output difference| on {SAMPLES} random inputs: {diffs[0]:.3g}"
     )
+    if name == "sparse":
+        print(encodings_line(args.output))
     return 0
+
+
+def encodings_line(path: str) -> str:
+    """One line: how many tensors use each encoding, and the format version."""
+    from keras_prune.export.sparse import encoding_summary, format_version
+
+    labels = {"codebook": "codebook+rANS", "nm": "N:M"}
+    counts = ", ".join(f"{labels.get(name, name)} {count}" for name, count in encoding_summary(path).items())
+    return f"tensor encodings: {counts or 'none'} (format version {format_version(path)})"
 
 
 def write_sparse(model, path: str, inputs, args: argparse.Namespace) -> float:

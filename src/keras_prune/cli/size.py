@@ -10,7 +10,10 @@ DESCRIPTION = """\
 Write MODEL in every format into a temporary folder and print a table of their sizes: the
 .keras file (no optimizer state), the same gzipped (level 9), the keras-prune sparse format
 (.kpsparse) with float32 (lossless), float16 and int8 kernel values, and LiteRT (.tflite) with
-the sparsity optimization. A model saved mid-pruning is stripped first. If the LiteRT conversion fails
+the sparsity optimization. Two rows appear only when they apply: if the lossless .kpsparse
+stores a clustered tensor as a codebook plus rANS-coded symbols, the same file without that
+coding; and if Keras' model.quantize("int8") quantizes some layer (Dense, EinsumDense, ...),
+the .kpsparse of such a quantized copy. A model saved mid-pruning is stripped first. If the LiteRT conversion fails
 (or the backend is not TensorFlow), its row is left out and a note on stderr says why."""
 
 

@@ -6,6 +6,9 @@
   wins for very sparse tensors, where the bitmask is mostly zero bits.
 * ``nm``: N:M metadata: for every group of ``n`` weights along the input axis, the indices of
   its ``k`` kept weights packed in ``ceil(log2 n)`` bits each, then ``k`` values per group.
+* ``codebook``: for tensors with few distinct nonzero values (clustered kernels, int8 kernels
+  of Keras-quantized layers): the distinct values, then one rANS-coded symbol per position
+  (zero or a codebook index) under a stored frequency table (:mod:`keras_prune.export.entropy`).
 
 Values are stored as the tensor's own dtype (lossless), or, for float kernels (rank >= 2),
 as float16 or as int8 with one float32 scale per output channel (the last axis).
@@ -17,10 +20,14 @@ import math
 
 import numpy as np
 
+from keras_prune.export import entropy
 from keras_prune.export import format as fmt
 from keras_prune.export.format import pack_blob, require
 
-ENCODINGS = ("dense", "bitmask", "gaps", "nm")
+ENCODINGS = ("dense", "bitmask", "gaps", "nm", "codebook")
+# Blobs that hold entropy-coded data: they never compress, so they are stored raw.
+RAW_BLOBS = ("symbols",)
+ITEMSIZES = {"scales": 4, "positions": 1, "freqs": 4, "symbols": 1}
 VALUE_MODES = ("float32", "float16", "int8")
 NM_GROUPS = (4, 8, 16)
 
@@ -86,8 +93,8 @@ Blobs = dict  # blob name ("positions", "values", "scales") -> bytes
 Parts = list  # [(blob name, blob metadata, stored bytes)]
 
 
-def _candidates(stored: np.ndarray) -> list[tuple[str, dict, Blobs]]:
-    """Every exact encoding of ``stored``: (encoding, extra header fields, raw blobs)."""
+def _candidates(stored: np.ndarray, encodings: tuple[str, ...] = ENCODINGS) -> list[tuple[str, dict, Blobs]]:
+    """Every exact encoding of ``stored`` among ``encodings``: (encoding, extra header fields, raw blobs)."""
     flat = stored.ravel()
     # -0.0 counts as zero (masking negative weights makes it): it comes back as +0.0.
     nonzero = stored != 0
@@ -97,30 +104,67 @@ def _candidates(stored: np.ndarray) -> list[tuple[str, dict, Blobs]]:
         ("bitmask", {}, {"positions": np.packbits(nonzero.ravel()).tobytes(), "values": kept}),
         ("gaps", {}, {"positions": fmt.encode_gaps(np.flatnonzero(nonzero)), "values": kept}),
     ]
-    for n, k, indices, values in _nm_candidates(stored, nonzero):
-        candidates.append(("nm", {"group": [n, k]}, {"positions": indices, "values": values.tobytes()}))
+    if "nm" in encodings:
+        for n, k, indices, values in _nm_candidates(stored, nonzero):
+            candidates.append(("nm", {"group": [n, k]}, {"positions": indices, "values": values.tobytes()}))
+    if "codebook" in encodings:
+        candidates.extend(_codebook_candidate(stored))
     return candidates
 
 
-def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, Parts]:
+def _codebook_candidate(stored: np.ndarray) -> list[tuple[str, dict, Blobs]]:
+    """The ``codebook`` encoding of ``stored`` if it has few distinct nonzero values (else none)."""
+    if stored.size > entropy.MAX_SYMBOLS:
+        return []
+    found = entropy.codebook_symbols(stored)
+    if found is None or found[0].size == 0:  # too many values, or all zeros (others win there)
+        return []
+    codebook, symbols = found
+    freqs = entropy.quantize_frequencies(np.bincount(symbols, minlength=codebook.size + 1))
+    blobs = {
+        "values": codebook.tobytes(),
+        "freqs": freqs.astype("<u4").tobytes(),
+        "symbols": entropy.encode_symbols(symbols, freqs),
+    }
+    return [("codebook", {"codebook": int(codebook.size), "nnz": int(np.count_nonzero(symbols))}, blobs)]
+
+
+def _pack(name: str, data: bytes, itemsize: int) -> tuple[str, dict, bytes]:
+    if name in RAW_BLOBS:
+        return name, {"codec": "raw", "shuffle": 1, "raw_length": len(data), "length": len(data)}, data
+    return (name, *pack_blob(data, itemsize))
+
+
+def encode_tensor(
+    array: np.ndarray, values: str = "float32", *, encodings: tuple[str, ...] = ENCODINGS
+) -> tuple[dict, Parts]:
     """Picks the smallest encoding of ``array``; returns its header entry and its blobs.
 
+    ``encodings`` limits the choice (``dense``, ``bitmask`` and ``gaps`` are always tried).
     The blob metadata lacks ``offset``: the writer assigns offsets when laying out the file.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> clustered = rng.choice(np.array([0.0, 0.25, -0.5], "float32"), (100, 50), p=[0.8, 0.1, 0.1])
+        >>> entry, parts = encode_tensor(clustered)
+        >>> entry["encoding"], entry["codebook"], [name for name, _, _ in parts]
+        ('codebook', 2, ['values', 'freqs', 'symbols'])
     """
     array = np.asarray(array)
     require_dtype(array.dtype.name)
     stored, scales = _quantize(array, values)
     stored = stored.astype(_le(stored.dtype))
-    candidates = _candidates(stored)
+    candidates = _candidates(stored, encodings)
     if scales is not None:
         candidates = [(e, extra, {**blobs, "scales": scales.astype("<f4").tobytes()}) for e, extra, blobs in candidates]
-    itemsizes = {"values": stored.itemsize, "scales": 4, "positions": 1}
+    itemsizes = {**ITEMSIZES, "values": stored.itemsize}
     estimates: dict[bytes, int] = {}
 
     def estimate(blobs: Blobs) -> int:
         for name, data in blobs.items():
             if data not in estimates:
-                estimates[data] = pack_blob(data, itemsizes[name], quick=True)[0]["length"]
+                quick = len(data) if name in RAW_BLOBS else pack_blob(data, itemsizes[name], quick=True)[0]["length"]
+                estimates[data] = quick
         return sum(estimates[data] for data in blobs.values())
 
     def fits(parts: Parts) -> bool:
@@ -129,7 +173,7 @@ def encode_tensor(array: np.ndarray, values: str = "float32") -> tuple[dict, Par
 
     # Rank by a fast estimate, then compress thoroughly only until one fits.
     for candidate in sorted(candidates, key=lambda c: estimate(c[2])):
-        parts = [(name, *pack_blob(data, itemsizes[name])) for name, data in candidate[2].items()]
+        parts = [_pack(name, data, itemsizes[name]) for name, data in candidate[2].items()]
         if fits(parts):
             break
     else:  # (nearly) all zeros: an uncompressed bitmask always fits the limit
@@ -179,10 +223,19 @@ def _check_entry(entry: object) -> tuple[str, tuple[int, ...], int, str, str, in
 
 def decode_tensor(entry: object, payload: memoryview) -> np.ndarray:
     """Rebuilds one tensor from its header entry; every claim is checked before allocating."""
+    array, scales = decode_stored(entry, payload)
+    if scales is not None:
+        array = array.astype(np.float32) * scales
+    return array.astype(entry["dtype"])
+
+
+def decode_stored(entry: object, payload: memoryview) -> tuple[np.ndarray, np.ndarray | None]:
+    """The tensor as stored (int8 or float16 values for a quantized one) and its int8 scales."""
     dtype, shape, size, encoding, quant, nnz = _check_entry(entry)
     blobs = entry.get("blobs")
     require(isinstance(blobs, dict), "a tensor lacks its blob table")
-    names = {"values"} | ({"positions"} if encoding != "dense" else set()) | ({"scales"} if quant == "int8" else set())
+    names = {"values"} | ({"scales"} if quant == "int8" else set())
+    names |= {"dense": set(), "codebook": {"freqs", "symbols"}}.get(encoding, {"positions"})
     require(set(blobs) == names, f"a {encoding} tensor must have blobs {sorted(names)}")
     lengths = [blobs[name].get("length") if isinstance(blobs[name], dict) else None for name in names]
     require(all(fmt.is_count(n) for n in lengths), "a blob length is not a count")
@@ -191,20 +244,39 @@ def decode_tensor(entry: object, payload: memoryview) -> np.ndarray:
     value_dtype = _le({"none": dtype, "float16": "float16", "int8": "int8"}[quant])
     if encoding == "dense":
         require(nnz == size, "a dense tensor must store every value")
-    values = np.frombuffer(fmt.read_blob(payload, blobs["values"], nnz * value_dtype.itemsize), value_dtype)
-    if encoding == "nm":
-        flat = _decode_nm(entry, payload, blobs["positions"], shape, nnz, values)
+    if encoding == "codebook":
+        flat = _decode_codebook(entry, payload, blobs, size, nnz, value_dtype)
     else:
-        flat = np.zeros(size, value_dtype)
-        if encoding == "dense":
-            flat[:] = values
+        values = np.frombuffer(fmt.read_blob(payload, blobs["values"], nnz * value_dtype.itemsize), value_dtype)
+        if encoding == "nm":
+            flat = _decode_nm(entry, payload, blobs["positions"], shape, nnz, values)
         else:
-            flat[_positions(encoding, payload, blobs["positions"], size, nnz)] = values
-    array = flat.reshape(shape)
+            flat = np.zeros(size, value_dtype)
+            if encoding == "dense":
+                flat[:] = values
+            else:
+                flat[_positions(encoding, payload, blobs["positions"], size, nnz)] = values
+    scales = None
     if quant == "int8":
         scales = np.frombuffer(fmt.read_blob(payload, blobs["scales"], shape[-1] * 4), "<f4")
-        array = array.astype(np.float32) * scales
-    return array.astype(dtype)
+    return flat.reshape(shape), scales
+
+
+def _decode_codebook(entry: dict, payload: memoryview, blobs: dict, size: int, nnz: int, value_dtype) -> np.ndarray:
+    k = entry.get("codebook")
+    require(fmt.is_count(k) and 1 <= k <= entropy.MAX_CODEBOOK, f"bad codebook size {k!r}")
+    require(size <= entropy.MAX_SYMBOLS, "a codebook tensor has too many positions")
+    codebook = np.frombuffer(fmt.read_blob(payload, blobs["values"], k * value_dtype.itemsize), value_dtype)
+    require(bool((codebook != 0).all()), "a codebook value is zero")
+    freqs = entropy.check_frequencies(fmt.read_blob(payload, blobs["freqs"], 4 * (k + 1)), k + 1)
+    meta = blobs["symbols"]
+    raw_length = meta.get("raw_length") if isinstance(meta, dict) else None
+    require(fmt.is_count(raw_length) and raw_length <= entropy.max_stream_bytes(size), "the symbol stream is too long")
+    data = fmt.read_blob(payload, meta, raw_length)
+    table = np.concatenate([np.zeros(1, value_dtype), codebook])
+    flat = entropy.decode_symbols(data, freqs, size, table)
+    require(int(np.count_nonzero(flat)) == nnz, f"the symbols hold a different nonzero count than the header's {nnz}")
+    return flat
 
 
 def _positions(encoding: str, payload: memoryview, meta: dict, size: int, nnz: int) -> np.ndarray:

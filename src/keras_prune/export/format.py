@@ -3,7 +3,7 @@
 Layout (all integers little-endian; the full specification is in ``docs/export.md``)::
 
     0   8 bytes  magic b"KPSPARSE"
-    8   u32      format version (1)
+    8   u32      format version (1, or 2 if a tensor uses the ``codebook`` encoding)
     12  u32      stored header length H
     16  u32      raw (uncompressed) header length
     20  u32      CRC-32 of everything after this field (header + payload)
@@ -24,7 +24,8 @@ import zlib
 import numpy as np
 
 MAGIC = b"KPSPARSE"
-VERSION = 1
+VERSION = 2  # the newest version this module reads and writes
+VERSIONS = (1, 2)  # 2 added the entropy-coded ``codebook`` encoding; files without it stay 1
 PREFIX = struct.Struct("<8sIIII")
 # A tensor may decode to at most EXPANSION bytes per stored byte (+ ALLOWANCE): deflate
 # itself cannot exceed ~1032:1, so honest files fit and bombs are refused up front.
@@ -167,12 +168,17 @@ def decode_gaps(data: bytes, count: int, size: int) -> np.ndarray:
 # ---------------------------------------------------------------- header
 
 
-def write_container(header: dict, payload: bytes) -> bytes:
-    """Serializes ``header`` (JSON, compressed) and ``payload`` into the container bytes."""
+def write_container(header: dict, payload: bytes, version: int = 1) -> bytes:
+    """Serializes ``header`` (JSON, compressed) and ``payload`` into the container bytes.
+
+    ``version`` is the lowest version whose readers understand every encoding used.
+    """
+    if version not in VERSIONS:
+        raise ValueError(f"Argument `version` must be one of {VERSIONS}. Received: version={version}")
     raw = json.dumps(header, separators=(",", ":"), sort_keys=True).encode("utf-8")
     stored = zlib.compress(raw, 9)
     body = stored + payload
-    return PREFIX.pack(MAGIC, VERSION, len(stored), len(raw), zlib.crc32(body)) + body
+    return PREFIX.pack(MAGIC, version, len(stored), len(raw), zlib.crc32(body)) + body
 
 
 def read_container(data: bytes) -> tuple[dict, memoryview]:
@@ -180,10 +186,10 @@ def read_container(data: bytes) -> tuple[dict, memoryview]:
     require(len(data) >= PREFIX.size, f"only {len(data)} bytes, too short for the prefix")
     magic, version, stored_length, raw_length, crc = PREFIX.unpack_from(data)
     require(magic == MAGIC, "wrong magic bytes (not a keras-prune sparse model)")
-    if version != VERSION:
+    if version not in VERSIONS:
         raise SparseFormatError(
-            f"Unsupported sparse model file version {version}; this keras-prune reads version "
-            f"{VERSION}. Upgrade keras-prune to read newer files."
+            f"Unsupported sparse model file version {version}; this keras-prune reads versions "
+            f"{', '.join(map(str, VERSIONS))}. Upgrade keras-prune to read newer files."
         )
     require(stored_length <= len(data) - PREFIX.size, "the header length runs past the end")
     body = memoryview(data)[PREFIX.size :]

@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_prune._validation import check_choice
 from keras_prune.export import format as fmt
-from keras_prune.export.encodings import VALUE_MODES, decode_tensor, encode_tensor
+from keras_prune.export.encodings import ENCODINGS, VALUE_MODES, decode_tensor, encode_tensor
 from keras_prune.export.format import SparseFormatError, require
 from keras_prune.io import atomic_write, check_output_path
 
@@ -26,15 +26,20 @@ def export_sparse(
     """Writes ``model`` in the compact ``.kpsparse`` format: architecture + sparse weights.
 
     Each weight tensor is stored the smallest of several exact ways (dense, bitmask, gap
-    coded positions, N:M metadata), then compressed where that pays. Pruning wrappers are
-    stripped first. The optimizer state and compile settings are not stored.
+    coded positions, N:M metadata, or, for a tensor with at most 256 distinct nonzero values
+    such as a clustered kernel or the int8 kernel of a Keras-quantized layer, a codebook plus
+    rANS-coded symbols), then compressed where that pays. Pruning wrappers are stripped
+    first. The optimizer state and compile settings are not stored. A model quantized with
+    Keras' ``model.quantize("int8")`` (or ``"int4"``) is stored as it is: its integer kernels
+    and scales exactly, and it loads back quantized.
 
     Args:
         model: a Sequential or functional Keras model (or one being pruned).
         path: the output file; ``.kpsparse`` by convention.
         values: ``"float32"`` stores every value exactly (bit-exact round trip);
             ``"float16"`` halves float kernels; ``"int8"`` stores float kernels as int8 with
-            one scale per output channel. Biases and other rank-1 tensors stay exact.
+            one scale per output channel. Biases and other rank-1 tensors, and every weight
+            of a layer Keras has already quantized, stay exact.
         overwrite: replace ``path`` if it exists.
 
     Returns:
@@ -51,9 +56,23 @@ def export_sparse(
     model = _stripped(model)
     architecture = _architecture(model)
     path = check_output_path(path, overwrite=overwrite)
+    content = sparse_bytes(model, values, architecture=architecture)
+    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
+
+
+def sparse_bytes(
+    model: keras.Model, values: str = "float32", *, encodings: tuple[str, ...] = ENCODINGS, architecture: dict | None = None
+) -> bytes:
+    """The ``.kpsparse`` bytes of a stripped ``model``; ``encodings`` limits the tensor encodings.
+
+    The container is version 1 unless a tensor uses the ``codebook`` encoding (version 2).
+    """
+    architecture = _architecture(model) if architecture is None else architecture
+    exact = _quantized_weights(model)
     tensors, blobs, offset = [], [], 0
     for variable in model.weights:
-        entry, parts = encode_tensor(keras.ops.convert_to_numpy(variable.value), values)
+        mode = "float32" if id(variable) in exact else values
+        entry, parts = encode_tensor(keras.ops.convert_to_numpy(variable.value), mode, encodings=encodings)
         entry["path"], entry["blobs"] = variable.path, {}
         for name, meta, data in parts:
             entry["blobs"][name] = {**meta, "offset": offset}
@@ -61,8 +80,34 @@ def export_sparse(
             offset += len(data)
         tensors.append(entry)
     header = {"architecture": architecture, "keras_version": keras.__version__, "values": values, "tensors": tensors}
-    content = fmt.write_container(header, b"".join(blobs))
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(content))
+    version = max(fmt.VERSIONS) if any(t["encoding"] == "codebook" for t in tensors) else min(fmt.VERSIONS)
+    return fmt.write_container(header, b"".join(blobs), version)
+
+
+def _quantized_weights(model: keras.Model) -> set[int]:
+    """ids of the weights of layers Keras has quantized (int8 kernels, their scales, zero points):
+    they are stored exactly whatever ``values`` says, since the layer computes with them as they are."""
+    from keras_prune._keras_compat import all_layers
+
+    exact = set()
+    for layer in all_layers(model):
+        policy = getattr(layer, "dtype_policy", None)
+        if getattr(policy, "quantization_mode", None):
+            exact.update(id(w) for w in layer.weights)
+    return exact
+
+
+def encoding_summary(path: str | os.PathLike) -> dict[str, int]:
+    """How many tensors of a ``.kpsparse`` file use each encoding, most used first.
+
+    Example:
+        >>> encoding_summary("model.kpsparse")  # doctest: +SKIP
+        {'codebook': 2, 'gaps': 2, 'dense': 1}
+    """
+    counts: dict[str, int] = {}
+    for tensor in read_header(path)["tensors"]:
+        counts[tensor["encoding"]] = counts.get(tensor["encoding"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def load_sparse(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Model:
@@ -81,12 +126,28 @@ def load_sparse(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Mod
     Example:
         >>> model = load_sparse("model.kpsparse")  # doctest: +SKIP
     """
-    header, payload = fmt.read_container(Path(path).read_bytes())
+    data = Path(path).read_bytes()
+    header, payload = fmt.read_container(data)
     architecture, tensors = header.get("architecture"), header.get("tensors")
     require(isinstance(architecture, dict), "the header lacks the model architecture")
     require(isinstance(tensors, list), "the header lacks the tensor table")
+    if fmt.PREFIX.unpack_from(data)[1] < 2:
+        require(all(not isinstance(t, dict) or t.get("encoding") != "codebook" for t in tensors),
+                "a version 1 file uses the version 2 codebook encoding")
     arrays = [decode_tensor(entry, payload) for entry in tensors]
     return _build(architecture, arrays, safe_mode)
+
+
+def format_version(path: str | os.PathLike) -> int:
+    """The container version of a ``.kpsparse`` file (1, or 2 if it uses the codebook encoding).
+
+    Example:
+        >>> format_version("model.kpsparse")  # doctest: +SKIP
+        2
+    """
+    data = Path(path).read_bytes()
+    fmt.read_container(data)  # checked like every read
+    return int(fmt.PREFIX.unpack_from(data)[1])
 
 
 def read_header(path: str | os.PathLike) -> dict:
