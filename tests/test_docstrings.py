@@ -14,7 +14,8 @@ MODULES = ["schedules", "masks", "criteria", "registry", "handlers", "wrapper", 
            "compat.wrapper", "compat.callbacks", "compat.tfmot", "allocation", "evaluation", "sensitivity",
            "budget", "pruned_model", "legacy", "legacy.notes", "legacy.activations", "legacy.objects",
            "legacy.layers", "legacy.config", "legacy.weights", "legacy.loader", "legacy.training", "cli",
-           "cli._common", "io", "export.entropy", "export.encodings"]
+           "cli._common", "io", "export.entropy", "export.encodings",
+           "clustering", "clustering.centroids", "clustering.plan", "clustering.clustered_model"]
 
 
 @pytest.mark.parametrize("name", MODULES)

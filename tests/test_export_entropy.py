@@ -298,3 +298,16 @@ def test_cli_export_and_size_show_the_codebook(tmp_path, capsys):
     assert main(["size", str(source), "--no-litert"]) == 0
     assert "no codebook" in capsys.readouterr().out
     assert read_header(out)["values"] == "float32"
+
+
+def test_a_model_being_clustered_exports_as_the_plain_model_with_codebook_kernels(tmp_path):
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, name="a"), keras.layers.Dense(8, name="b")])
+    keras_prune.magnitude_prune(model, sparsity=0.8)
+    clustered = keras_prune.cluster_weights(model, 8, preserve_sparsity=True)
+    path = keras_prune.export_sparse(clustered, tmp_path / "clustered.kpsparse")
+    assert encoding_summary(path)["codebook"] == 2  # both kernels; no clustering state stored
+    loaded = keras_prune.load_sparse(path)
+    assert type(loaded) is keras.Sequential
+    assert keras_prune.is_clustered(clustered)  # exporting left the model being clustered as it was
+    for got, expected in zip(loaded.weights, model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected))

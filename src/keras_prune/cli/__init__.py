@@ -33,6 +33,7 @@ SUBCOMMANDS = [
     "prune_model",
     "size",
     "finetune",
+    "cluster",
     "strip",
     "shrink",
     "analyze",

@@ -19,8 +19,10 @@ from types import SimpleNamespace
 import keras
 
 import keras_prune
+from keras_prune import clustering as _clustering
 from keras_prune import masks, registry
 from keras_prune.callbacks import collect_pruning
+from keras_prune.clustering import CentroidInitialization, ClusteredModel
 from keras_prune.compat.callbacks import PruningSummaries, UpdatePruningStep
 from keras_prune.compat.schedules import ConstantSparsity, PolynomialDecay, PruningSchedule, core_schedule
 from keras_prune.compat.wrapper import PruneLowMagnitude, check_wrappable, tfmot_prunable_weights
@@ -165,6 +167,67 @@ def prune_scope():
         yield
 
 
+def cluster_weights(
+    to_cluster,
+    number_of_clusters: int,
+    cluster_centroids_init: CentroidInitialization | str = CentroidInitialization.KMEANS_PLUS_PLUS,
+    **kwargs,
+) -> ClusteredModel:
+    """tfmot's ``cluster_weights`` for a model: :func:`keras_prune.clustering.cluster_weights`.
+
+    ``preserve_sparsity`` and ``cluster_per_channel`` (any layer, not only Conv2D) are passed
+    on. Layers are clustered in place inside a :class:`keras_prune.clustering.ClusteredModel`
+    rather than wrapped, so a layer or a list of layers is refused: pass the model (and choose
+    its layers with ``layers=``). Each centroid moves by the mean update of its weights (tfmot's
+    ``cluster_gradient_aggregation`` is not available).
+
+    Raises:
+        ValueError: ``to_cluster`` is not a model, an unknown keyword, and what
+            :func:`keras_prune.clustering.cluster_weights` refuses.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8)])
+        >>> clustered = cluster_weights(model, number_of_clusters=3,
+        ...                             cluster_centroids_init=CentroidInitialization.LINEAR)
+        >>> strip_clustering(clustered) is model
+        True
+    """
+    if not isinstance(to_cluster, keras.Model):
+        raise ValueError(
+            "keras_prune clusters the weights of a model in place, so `to_cluster` must be a Keras model "
+            "(choose its layers with `layers=`, a regex, a list of names or a callable). "
+            f"Received: an object of type {type(to_cluster).__name__}"
+        )
+    allowed = {"preserve_sparsity", "cluster_per_channel", "layers", "seed"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(
+            f"Unsupported keyword arguments for cluster_weights: {unknown}. Supported: {sorted(allowed)} "
+            "(each centroid moves by the mean update of its weights, so there is no "
+            "`cluster_gradient_aggregation`)."
+        )
+    return _clustering.cluster_weights(to_cluster, number_of_clusters, cluster_centroids_init, **kwargs)
+
+
+def strip_clustering(model: keras.Model) -> keras.Model:
+    """tfmot's ``strip_clustering``: the model back, each clustered weight on its centroids
+    (see :func:`keras_prune.clustering.strip_clustering`).
+
+    Raises:
+        ValueError: ``model`` is not a Keras model (as in tfmot).
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"Argument `model` must be a keras.Model. Received: model={model!r}")
+    return _clustering.strip_clustering(model)
+
+
+@contextlib.contextmanager
+def cluster_scope():
+    """tfmot's deserialization scope for clustered models. keras-prune's are registered, so it is optional."""
+    with keras.saving.custom_object_scope({"ClusteredModel": ClusteredModel}):
+        yield
+
+
 sparsity = SimpleNamespace(
     keras=SimpleNamespace(
         prune_low_magnitude=prune_low_magnitude,
@@ -181,4 +244,13 @@ sparsity = SimpleNamespace(
     )
 )
 
-__all__ = ["prune_low_magnitude", "prune_scope", "sparsity", "strip_pruning"]
+clustering_keras = SimpleNamespace(
+    cluster_weights=cluster_weights,
+    strip_clustering=strip_clustering,
+    cluster_scope=cluster_scope,
+    CentroidInitialization=CentroidInitialization,
+)
+clustering = SimpleNamespace(keras=clustering_keras)
+
+__all__ = ["cluster_scope", "cluster_weights", "clustering", "prune_low_magnitude", "prune_scope", "sparsity",
+           "strip_clustering", "strip_pruning"]

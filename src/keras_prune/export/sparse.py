@@ -159,9 +159,15 @@ def _stripped(model: keras.Model) -> keras.Model:
     """``model`` without pruning state (the export formats store plain layers), leaving it as it is.
 
     A :class:`keras_prune.PrunedModel` hands out the model it prunes, still pruned (its
-    zeros are in the variables); a model with tfmot-style wrappers is cloned without them.
+    zeros are in the variables), and a :class:`keras_prune.ClusteredModel` the model it
+    clusters (its weights are on their centroids); a model with tfmot-style wrappers is
+    cloned without them.
     """
     from keras_prune.callbacks import collect_pruning
+    from keras_prune.clustering import ClusteredModel
+
+    if isinstance(model, ClusteredModel):
+        return _stripped(model.layer)
     from keras_prune.prune import strip_pruning
     from keras_prune.traversal import unwrap
 
