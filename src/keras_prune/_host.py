@@ -54,73 +54,38 @@ def write(variable: keras.Variable, value: np.ndarray) -> None:
 CHUNK = 1 << 18  # elements per chunk: 1 MiB of float32, small enough to stay in cache
 
 
-def _tf_variable(variable) -> bool:
-    """Whether the TensorFlow raw ops apply: an eager TensorFlow variable with its own handle."""
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    return tf.executing_eagerly() and hasattr(variable, "handle") and len(variable.shape) > 0
-
-
-def _rows_per_chunk(shape: tuple[int, ...], chunk: int) -> int:
+def _flat_step(shape: tuple[int, ...], chunk: int) -> int:
+    """Elements per chunk: whole leading rows (along the first axis), about ``chunk`` of them."""
     row = math.prod(shape[1:]) if len(shape) > 1 else 1
-    return max(1, chunk // max(row, 1))
+    return max(1, chunk // max(row, 1)) * max(row, 1)
 
 
 def read_chunks(variable: keras.Variable, chunk: int = CHUNK) -> Iterator[np.ndarray]:
     """The variable's values in C order, as flat arrays of about ``chunk`` elements (whole
-    leading rows), without holding a copy of the whole variable on TensorFlow.
+    leading rows, so the first chunk is the first rows of the tensor).
 
-    Each array may be a read-only view; it is valid until the next one is asked for.
+    One copy of the variable is held while its chunks are read (a read-only view on
+    backends that share host memory); each chunk is valid until the next one is asked for.
     """
-    shape = tuple(variable.shape)
-    if _tf_variable(variable):
-        import tensorflow as tf
-
-        step = _rows_per_chunk(shape, chunk)
-        dtype = variable.value.dtype
-        for start in range(0, shape[0], step):
-            value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=dtype)
-            rows = value[start:start + step]
-            del value  # the read aliases the variable's buffer: let it go before any write
-            yield rows.numpy().reshape(-1)
-        return
-    flat = np.asarray(keras.ops.convert_to_numpy(variable)).reshape(-1)
-    step = _rows_per_chunk(shape, chunk) * (math.prod(shape[1:]) if len(shape) > 1 else 1)
-    for start in range(0, flat.size, max(step, 1)):
+    flat = np.asarray(read(variable)).reshape(-1)
+    step = _flat_step(tuple(variable.shape), chunk)
+    for start in range(0, flat.size, step):
         yield flat[start:start + step]
 
 
 def update_chunks(variable: keras.Variable, change: Callable[[np.ndarray], None], chunk: int = CHUNK) -> None:
     """Calls ``change`` on each flat chunk of the variable's values (as :func:`read_chunks`
-    cuts them, writable) to edit it in place, and writes the result back.
+    cuts them, writable) to edit them in place, then writes the variable once.
 
-    On TensorFlow each chunk is read and written by itself, so the only extra memory is one
-    chunk; elsewhere the variable is copied once and assigned whole.
+    The extra memory is one copy of the variable (TensorFlow copies the new value into the
+    variable's own buffer when nothing else reads it).
     """
-    shape = tuple(variable.shape)
-    if _tf_variable(variable):
-        import tensorflow as tf
-
-        step = _rows_per_chunk(shape, chunk)
-        dtype = variable.value.dtype
-        rank = len(shape)
-        for start in range(0, shape[0], step):
-            stop = min(start + step, shape[0])
-            value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=dtype)
-            rows = np.array(value[start:stop])
-            del value
-            change(rows.reshape(-1))
-            tf.raw_ops.ResourceStridedSliceAssign(
-                ref=variable.handle, begin=[start] + [0] * (rank - 1), end=[stop, *shape[1:]],
-                strides=[1] * rank, value=rows,
-            )
-        return
-    values = np.array(keras.ops.convert_to_numpy(variable), copy=True)
+    values = read(variable)
+    if not values.flags.writeable:
+        values = np.array(values, copy=True)
     flat = values.reshape(-1)
-    step = _rows_per_chunk(shape, chunk) * (math.prod(shape[1:]) if len(shape) > 1 else 1)
-    for start in range(0, flat.size, max(step, 1)):
+    step = _flat_step(tuple(variable.shape), chunk)
+    for start in range(0, flat.size, step):
         change(flat[start:start + step])
     write(variable, values)
 
@@ -129,9 +94,10 @@ def sample(variable: keras.Variable, count: int) -> np.ndarray:
     """About ``count`` of the variable's values, evenly strided over its flat C order."""
     size = math.prod(tuple(variable.shape))
     step = max(1, size // max(count, 1))
-    if _tf_variable(variable):
+    if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.value.dtype)
-        return tf.reshape(value, [-1])[::step].numpy()
+        if tf.executing_eagerly() and hasattr(variable, "handle"):
+            value = tf.raw_ops.ReadVariableOp(resource=variable.handle, dtype=variable.value.dtype)
+            return tf.reshape(value, [-1])[::step].numpy()
     return np.array(np.asarray(keras.ops.convert_to_numpy(variable)).reshape(-1)[::step])

@@ -9,7 +9,7 @@ broken by position (the earlier flat index is pruned first), so results are dete
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -129,15 +129,39 @@ def threshold_mask(weights: np.ndarray, threshold: float) -> np.ndarray:
 def global_sparsity_masks(scores: Sequence[np.ndarray], sparsity: float) -> list[np.ndarray]:
     """One ranking across several tensors: prunes ``round(s * total)`` lowest scores overall.
 
+    Ties are broken as in one concatenated tensor (the earlier tensor, then the earlier index,
+    is pruned first), but the scores are never concatenated: the k-th smallest is selected
+    from their sortable keys (see :func:`streamed_kth_key`), then each tensor is masked alone.
+
     Example:
         >>> a, b = global_sparsity_masks([np.array([1.0, 9.0]), np.array([2.0, 3.0])], 0.5)
         >>> a.tolist(), b.tolist()
         ([False, True], [False, True])
     """
-    flat = np.concatenate([np.ravel(s) for s in scores]) if scores else np.zeros(0)
-    keep = sparsity_mask(flat, sparsity)
-    splits = np.cumsum([np.size(s) for s in scores])[:-1]
-    return [part.reshape(np.shape(s)) for part, s in zip(np.split(keep, splits), scores)]
+    total = sum(int(np.size(s)) for s in scores)
+    k = prune_count(sparsity, total)
+    if k <= 0 or k >= total:
+        return [np.full(np.shape(s), k <= 0, dtype=bool) for s in scores]
+    dtype = _common_float(scores)
+
+    def passes():
+        for s in scores:
+            for chunk in _chunks(np.asarray(s)):
+                yield sortable_keys(chunk.astype(dtype, copy=False))
+
+    step = max(1, total // STREAM_SAMPLE)
+    sample = np.concatenate([sortable_keys(np.ravel(np.asarray(s, dtype=dtype))[::step]) for s in scores])
+    kth, below = streamed_kth_key(passes, k, total, sample=sample, limit=max(1 << 16, total // 8))
+    ties_left = k - below
+    masks = []
+    for s in scores:
+        keys = sortable_keys(np.asarray(s).astype(dtype, copy=False))
+        keep = keys > kth
+        ties = np.flatnonzero(keys == kth)
+        keep.reshape(-1)[ties[ties_left:]] = True  # prune only the first ties, in order
+        ties_left = max(0, ties_left - ties.size)
+        masks.append(keep.reshape(np.shape(s)))
+    return masks
 
 
 def _as_matrix(scores: np.ndarray) -> np.ndarray:
@@ -328,3 +352,171 @@ def pattern_mask(
     if tuple(block_size) != (1, 1):
         return block_mask(scores, sparsity, block_size, pooling)
     return sparsity_mask(scores, sparsity)
+
+
+# ----- Selection without concatenation -------------------------------------------------------
+# A global ranking over many tensors needs only the k-th smallest score and how many scores lie
+# below it; the masks then follow tensor by tensor. Scores become unsigned integer keys in the
+# same order (the bits of a non-negative float already are), read in chunks, one pass at a time.
+
+STREAM_SAMPLE = 1 << 16  # strided sample bracketing the k-th key: the bracket holds ~1.6% of the keys
+
+
+def key_dtype(dtype) -> np.dtype:
+    """The unsigned integer type as wide as the float type ``dtype`` (float16/bfloat16, 32, 64).
+
+    Example:
+        >>> key_dtype(np.float32)
+        dtype('uint32')
+    """
+    size = np.dtype(dtype).itemsize
+    if size not in (2, 4, 8):
+        raise TypeError(f"Cannot rank scores of type {np.dtype(dtype)}: expected a 16, 32 or 64-bit float.")
+    return np.dtype(f"uint{8 * size}")
+
+
+def sortable_keys(values: np.ndarray) -> np.ndarray:
+    """Unsigned integers in the numeric order of the finite floats ``values``; -0.0 and 0.0
+    share a key, as they compare equal.
+
+    Example:
+        >>> keys = sortable_keys(np.array([-2.0, -0.0, 0.0, 1.5], "float32"))
+        >>> bool(keys[0] < keys[1] == keys[2] < keys[3])
+        True
+    """
+    values = np.asarray(values)
+    values = values + values.dtype.type(0)  # -0.0 + 0.0 is +0.0
+    unsigned = key_dtype(values.dtype)
+    bits = values.view(unsigned)
+    top = unsigned.type(1) << unsigned.type(8 * unsigned.itemsize - 1)
+    return np.where(bits & top, ~bits, bits | top)
+
+
+def key_to_value(key: int, dtype, signed: bool = True):
+    """The float whose :func:`sortable_keys` key (or, ``signed=False``, whose own bits) is ``key``."""
+    unsigned = key_dtype(dtype)
+    top = 1 << (8 * unsigned.itemsize - 1)
+    if signed:
+        key = key ^ top if key & top else ~key & ((top << 1) - 1)
+    return np.array(key, dtype=unsigned).view(np.dtype(dtype))[()]
+
+
+def streamed_kth_key(
+    passes: Callable[[], Iterable[np.ndarray]],
+    k: int,
+    total: int,
+    *,
+    sample: np.ndarray | None = None,
+    limit: int = 1 << 20,
+) -> tuple[int, int]:
+    """The ``k``-th smallest key (``1 <= k <= total``) among all the chunks of unsigned keys
+    that each call of ``passes()`` yields, and how many keys are smaller.
+
+    Holds one chunk at a time (the caller may reuse its buffer) plus at most ``limit`` keys.
+    With a ``sample`` of the keys, one pass counts the keys below a bracket read off the sample
+    and gathers those inside; the counts are checked, and a miss (or a bracket holding more than
+    ``limit``) falls back to a radix select: a histogram of the next 16 bits of the keys that
+    share the prefix found so far, one pass per 16 bits, until the bin left holds ``limit``
+    keys or fewer, which one more pass gathers.
+
+    Example:
+        >>> keys = np.array([5, 1, 4, 1, 3], dtype=np.uint32)
+        >>> streamed_kth_key(lambda: [keys[:2], keys[2:]], 3, 5)
+        (3, 2)
+    """
+    if not 1 <= k <= total:
+        raise ValueError(f"Argument `k` must be in [1, {total}]. Received: k={k}")
+    if sample is not None and np.size(sample):
+        found = _bracket_kth(passes, k, total, np.sort(np.ravel(sample)), limit)
+        if found is not None:
+            return found
+    return _radix_kth(passes, k, limit)
+
+
+def _bracket_kth(passes, k, total, sample, limit):
+    position = k / total * sample.size
+    margin = 2 * math.sqrt(sample.size) + 8
+    first, last = math.floor(position - margin), math.ceil(position + margin)
+    low = sample[first] if first >= 0 else None
+    high = sample[last] if last < sample.size else None
+    if low is not None and high is not None and low == high:  # many equal keys: bracket them alone
+        after = int(np.searchsorted(sample, low, side="right"))
+        high = sample[after] if after < sample.size else None
+    below = at_low = at_high = 0
+    inside: list[np.ndarray] = []
+    held = 0
+    for keys in passes():
+        if low is not None:
+            below += int(np.count_nonzero(keys < low))
+            at_low += int(np.count_nonzero(keys == low))
+        if high is not None:
+            at_high += int(np.count_nonzero(keys == high))
+        if low is None and high is None:
+            part = keys.copy()
+        elif low is None:
+            part = keys[keys < high]
+        elif high is None:
+            part = keys[keys > low]
+        else:
+            part = keys[(keys > low) & (keys < high)]
+        held += part.size
+        if held > limit:
+            return None
+        inside.append(part)
+    rank = k - below
+    if rank <= 0:
+        return None
+    if rank <= at_low:
+        return int(low), below
+    rank -= at_low
+    if rank <= held:
+        between = np.concatenate(inside) if inside else np.zeros(0, sample.dtype)
+        kth = np.partition(between, rank - 1)[rank - 1]
+        return int(kth), below + at_low + int(np.count_nonzero(between < kth))
+    rank -= held
+    if high is not None and rank <= at_high:
+        return int(high), below + at_low + held
+    return None
+
+
+def _radix_kth(passes, k, limit):
+    bits = None
+    prefix, done, below = 0, 0, 0
+    while bits is None or done < bits:
+        histogram = None
+        for keys in passes():
+            if bits is None:
+                bits = 8 * keys.dtype.itemsize
+            width = min(16, bits - done)
+            shift = bits - done - width
+            chosen = keys if done == 0 else keys[(keys >> (bits - done)) == prefix]
+            if histogram is None:
+                histogram = np.zeros(1 << width, dtype=np.int64)
+            if chosen.size:
+                digits = ((chosen >> shift) & ((1 << width) - 1)).astype(np.intp)
+                histogram += np.bincount(digits, minlength=1 << width)
+        if histogram is None:
+            raise ValueError("No keys to select from.")
+        cumulative = np.cumsum(histogram)
+        digit = int(np.searchsorted(cumulative, k - below))
+        below += int(cumulative[digit - 1]) if digit else 0
+        prefix, done = (prefix << width) | digit, done + width
+        if done < bits and histogram[digit] <= limit:
+            between = np.concatenate([keys[(keys >> (bits - done)) == prefix] for keys in passes()])
+            rank = k - below
+            kth = np.partition(between, rank - 1)[rank - 1]
+            return int(kth), below + int(np.count_nonzero(between < kth))
+    return prefix, below
+
+
+def _chunks(array: np.ndarray, size: int = 1 << 18) -> Iterator[np.ndarray]:
+    flat = np.ravel(array)
+    for start in range(0, flat.size, size):
+        yield flat[start:start + size]
+
+
+def _common_float(arrays: Sequence[np.ndarray]) -> np.dtype:
+    dtype = np.result_type(*[np.asarray(a).dtype for a in arrays]) if arrays else np.dtype(np.float64)
+    if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        return np.dtype(np.float64)
+    return dtype

@@ -9,6 +9,8 @@ KerasHub blocks, nested and subclassed models), with no declaration needed.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import re
 import tempfile
@@ -19,18 +21,28 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from keras_prune import _host
 from keras_prune._validation import check_choice, check_sparsity
-from keras_prune.analysis.report import LayerWarning, PruningReport, summarize
+from keras_prune.analysis.report import (
+    LayerWarning,
+    PruningReport,
+    WeightFacts,
+    summarize,
+    unstructured_from_prefix,
+)
 from keras_prune.core import PruningState, pruning_state_of
 from keras_prune.criteria import magnitude
 from keras_prune.handlers import input_axes
 from keras_prune.masks import (
+    STREAM_SAMPLE,
     check_pattern,
-    global_sparsity_masks,
+    key_dtype,
+    key_to_value,
     matrix_shape,
     pattern_mask,
     pattern_misfit,
-    threshold_mask,
+    prune_count,
+    streamed_kth_key,
 )
 from keras_prune.registry import UnsupportedLayerError
 from keras_prune.traversal import Site, walk, weight_sites
@@ -104,14 +116,12 @@ def magnitude_prune(
     notes = pattern_warnings(selected, settings["block_size"], settings["sparsity_m_by_n"], axes=axes)
     if not inplace:
         model = copy_model(model)
-    plan = plan_masks(model, **settings)
-    for variable, keep in plan.values():
-        values = keras.ops.convert_to_numpy(variable)
-        variable.assign(np.where(keep, values, np.zeros_like(values)))
-    settings.update(method="magnitude", layers=sorted({path for path, _ in plan}))
+    plan = _plan(model, **settings)  # every check and every cut, before any weight changes
+    known = _apply(plan)
+    settings.update(method="magnitude", layers=sorted({entry.path for entry in plan}))
     if callable(layers):
         settings["layer_filter"] = getattr(layers, "__name__", "callable")
-    report = summarize(model, settings=settings)
+    report = summarize(model, settings=settings, known=known)
     report.warnings = notes
     return report
 
@@ -481,33 +491,209 @@ def plan_masks(
         ValueError: see :func:`select_weights` and :func:`pattern_warnings`, or a selected
             weight is NaN or infinite.
     """
+    plan = _plan(model, sparsity=sparsity, threshold=threshold, scope=scope, layer_filter=layer_filter,
+                 block_size=block_size, sparsity_m_by_n=sparsity_m_by_n)
+    cuts: dict[int, _Cut] = {}
+    masks = {}
+    for entry in plan:
+        if entry.cut is None:
+            keep = np.unpackbits(entry.packed, count=entry.size).view(bool)
+        else:
+            cut = cuts.setdefault(id(entry.cut), copy.copy(entry.cut))
+            values = _host.read(entry.variable).reshape(-1)
+            keep = cut.keep(_magnitudes(values, entry.dtype))
+        masks[(entry.path, entry.variable.path)] = (entry.variable, keep.reshape(tuple(entry.variable.shape)))
+    return masks
+
+
+class _Cut:
+    """Prunes every magnitude below ``value`` and, of those equal to it, the first ``ties`` met
+    (all when ``ties`` is ``None``), chunk after chunk: one cut serves a global ranking across
+    tensors in model order, exactly as one concatenated ranking breaks ties."""
+
+    def __init__(self, value, ties: int | None = None):
+        self.value, self.ties = value, ties
+
+    def keep(self, magnitudes: np.ndarray) -> np.ndarray:
+        """The keep mask of the next chunk of magnitudes (in order), using up the ties."""
+        if self.ties is None:
+            return magnitudes > self.value
+        if self.ties == 0:
+            return magnitudes >= self.value
+        keep = magnitudes > self.value
+        tied = np.flatnonzero(magnitudes == self.value)
+        if tied.size > self.ties:
+            keep[tied[self.ties:]] = True  # the first ties are pruned, the later kept
+            self.ties = 0
+        else:
+            self.ties -= tied.size
+        return keep
+
+
+@dataclasses.dataclass
+class _Entry:
+    """One selected weight's plan: a cut on magnitudes, or a packed keep mask (block, N:M)."""
+
+    path: str
+    variable: object
+    dtype: np.dtype
+    size: int
+    cut: _Cut | None = None
+    packed: np.ndarray | None = None
+
+
+def _plan(
+    model: keras.Model,
+    *,
+    sparsity: Sparsity = None,
+    threshold: float | None = None,
+    scope: str = "layer",
+    layer_filter: LayerFilter = None,
+    block_size: tuple[int, int] = (1, 1),
+    sparsity_m_by_n: tuple[int, int] | None = None,
+) -> list[_Entry]:
+    """Checks every selected weight and decides what to prune, holding no more than one weight.
+
+    Unstructured pruning needs only each tensor's cut (the global ranking one shared cut),
+    found by streamed selection without concatenating the weights; block and N:M patterns keep
+    each tensor's mask, packed to a bit per weight.
+    """
     selected = select_weights(model, layer_filter, sparsity)
     axes = input_axes(model, [variable for _, variable in selected])
     pattern_warnings(selected, block_size, sparsity_m_by_n, axes=axes)  # raises if the pattern fits nothing
-    values = []
-    for path, variable in selected:
-        array = np.asarray(keras.ops.convert_to_numpy(variable))
-        if not np.all(np.isfinite(array)):
-            raise ValueError(
-                f"Weight '{variable.path}' of layer '{path}' contains NaN or infinite values; "
-                "magnitude pruning cannot rank them. Fix or retrain the model first."
-            )
-        values.append(array)
-    scores = [magnitude(v) for v in values]
+    dtype = _common_dtype([variable for _, variable in selected])
+    entries = [
+        _Entry(path, variable, dtype, math.prod(tuple(variable.shape))) for path, variable in selected
+    ]
     if threshold is not None:
-        masks = [threshold_mask(v, threshold) for v in values]
-    elif scope == "global" and sparsity_m_by_n is None:
-        masks = global_sparsity_masks(scores, sparsity)
+        cut = _Cut(threshold)
+        _check_finite(entries)
+        for entry in entries:
+            entry.cut = cut
+    elif sparsity_m_by_n is None and scope == "global":
+        cut = _select_cut(entries, sparsity)
+        for entry in entries:
+            entry.cut = cut
+    elif sparsity_m_by_n is None and tuple(block_size) == (1, 1):
+        for entry in entries:
+            entry.cut = _select_cut([entry], _amount(sparsity, entry.path, entry.variable))
     else:
-        amounts = [_amount(sparsity, path, variable) for path, variable in selected]
-        masks = [
-            pattern_mask(s, amount, block_size, "AVG", sparsity_m_by_n, axis)
-            for s, amount, axis in zip(scores, amounts, axes)
-        ]
-    return {
-        (path, variable.path): (variable, keep)
-        for (path, variable), keep in zip(selected, masks)
-    }
+        for entry, axis in zip(entries, axes):
+            values = _host.read(entry.variable)
+            if not np.all(np.isfinite(values)):
+                raise _non_finite(entry)
+            keep = pattern_mask(magnitude(values), _amount(sparsity, entry.path, entry.variable),
+                                block_size, "AVG", sparsity_m_by_n, axis)
+            entry.packed = np.packbits(keep, axis=None)
+    return entries
+
+
+def _common_dtype(variables) -> np.dtype:
+    """The float type all selected magnitudes are compared in (upcasting is exact)."""
+    dtypes = {np.dtype(keras.backend.standardize_dtype(v.dtype)) for v in variables}
+    try:
+        dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.float32)
+    except TypeError:
+        return np.dtype(np.float64)
+    return dtype if dtype.kind == "f" and dtype.itemsize in (2, 4, 8) else np.dtype(np.float64)
+
+
+def _magnitudes(chunk: np.ndarray, dtype: np.dtype, out: np.ndarray | None = None) -> np.ndarray:
+    """``|chunk|`` in ``dtype``, into ``out`` when it fits."""
+    if chunk.dtype == dtype and out is not None and out.size >= chunk.size:
+        return np.abs(chunk, out=out[: chunk.size])
+    return np.abs(chunk).astype(dtype, copy=False)
+
+
+def _non_finite(entry: _Entry) -> ValueError:
+    return ValueError(
+        f"Weight '{entry.variable.path}' of layer '{entry.path}' contains NaN or infinite values; "
+        "magnitude pruning cannot rank them. Fix or retrain the model first."
+    )
+
+
+def _magnitude_keys(entries: list[_Entry]):
+    """A function giving, at each call, one pass over the magnitudes' bits as unsigned keys,
+    chunk by chunk (one reused buffer), raising on NaN or infinite weights."""
+    dtype = entries[0].dtype
+    unsigned = key_dtype(dtype)
+    infinite = np.array(np.inf, dtype=dtype).view(unsigned)[()]
+    buffer = np.empty(_host.CHUNK, dtype=dtype)
+
+    def passes():
+        nonlocal buffer
+        for entry in entries:
+            for chunk in _host.read_chunks(entry.variable):
+                if chunk.size > buffer.size:
+                    buffer = np.empty(chunk.size, dtype=dtype)
+                keys = _magnitudes(chunk, dtype, buffer).view(unsigned)
+                if keys.size and keys.max() >= infinite:  # |NaN| sorts above |inf|
+                    raise _non_finite(entry)
+                yield keys
+
+    return passes
+
+
+def _check_finite(entries: list[_Entry]) -> None:
+    if entries:
+        for _ in _magnitude_keys(entries)():
+            pass
+
+
+def _select_cut(entries: list[_Entry], sparsity: float | None) -> _Cut:
+    """The cut pruning exactly ``round(sparsity * n)`` of the smallest magnitudes of ``entries``
+    (ties: the earlier weight, then the earlier index), selected without concatenating them."""
+    total = sum(entry.size for entry in entries)
+    k = prune_count(sparsity or 0.0, total)
+    if k <= 0 or k >= total:
+        _check_finite(entries)
+        return _Cut(-np.inf, 0) if k <= 0 else _Cut(np.inf)
+    dtype = entries[0].dtype
+    unsigned = key_dtype(dtype)
+    sample = np.concatenate([
+        _magnitudes(_host.sample(entry.variable, max(1, STREAM_SAMPLE * entry.size // total)), dtype).view(unsigned)
+        for entry in entries
+    ])
+    limit = max(1 << 16, max(entry.size for entry in entries) // 8)
+    kth, below = streamed_kth_key(_magnitude_keys(entries), k, total, sample=sample, limit=limit)
+    return _Cut(key_to_value(kth, dtype, signed=False), k - below)
+
+
+def _apply(plan: list[_Entry]) -> list[tuple[object, WeightFacts]]:
+    """Zeros the pruned weights of each planned variable, chunk by chunk, and counts them."""
+    cuts: dict[int, _Cut] = {}
+    known = []
+    buffer = np.empty(_host.CHUNK, dtype=plan[0].dtype if plan else np.float32)
+    for entry in plan:
+        cut = cuts.setdefault(id(entry.cut), copy.copy(entry.cut)) if entry.cut is not None else None
+        keep = None if cut is not None else np.unpackbits(entry.packed, count=entry.size).view(bool)
+        shape = tuple(entry.variable.shape)
+        tally = {"zeros": 0, "offset": 0, "pattern": None, "itemsize": 0}
+
+        def change(chunk, cut=cut, keep=keep, shape=shape, tally=tally, dtype=entry.dtype):
+            nonlocal buffer
+            if chunk.size > buffer.size:
+                buffer = np.empty(chunk.size, dtype=dtype)
+            if cut is not None:
+                kept = cut.keep(_magnitudes(chunk, dtype, buffer))
+            else:
+                kept = keep[tally["offset"]: tally["offset"] + chunk.size]
+            np.multiply(chunk, kept, out=chunk)  # ~10x faster than a masked write on random masks
+            chunk += 0  # a pruned negative weight is -0.0 now: make it +0.0
+            if cut is not None and cut.value > 0:  # what is kept is above a positive cut: nonzero
+                tally["zeros"] += int(chunk.size - np.count_nonzero(kept))
+            else:
+                tally["zeros"] += int(chunk.size - np.count_nonzero(chunk))
+            if tally["offset"] == 0:
+                tally["itemsize"] = chunk.itemsize
+                if unstructured_from_prefix(chunk == 0, shape):
+                    tally["pattern"] = "unstructured"
+            tally["offset"] += chunk.size
+
+        _host.update_chunks(entry.variable, change)
+        known.append((entry.variable, WeightFacts(entry.size, tally["itemsize"] or entry.dtype.itemsize,
+                                                  entry.size - tally["zeros"], tally["pattern"])))
+    return known
 
 
 def _amount(sparsity: Sparsity, path: str, variable) -> float:

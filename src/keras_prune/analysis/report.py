@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator, Sequence
 
 import keras
@@ -223,12 +224,39 @@ class _Null:
         pass
 
 
-def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningReport:
+@dataclasses.dataclass(frozen=True)
+class WeightFacts:
+    """What a pruning run already knows about one weight it wrote, so a report need not read it.
+
+    Attributes:
+        size: number of values.
+        itemsize: bytes per value.
+        nonzeros: number of nonzero values.
+        pattern: the pattern :func:`detect_pattern` would name, when the run could tell it
+            (``"unstructured"``), or ``None`` to detect it from the weight. ``"dense"`` and an
+            all-zero weight follow from the counts.
+    """
+
+    size: int
+    itemsize: int
+    nonzeros: int
+    pattern: str | None = None
+
+
+def summarize(
+    model: keras.Model,
+    *,
+    settings: dict | None = None,
+    known: Sequence[tuple[object, WeightFacts]] | None = None,
+) -> PruningReport:
     """Counts weights, zeros, patterns and bytes per layer of a built ``model``.
 
     Args:
         model: a built Keras model (or layer).
         settings: optional record of how the model was pruned, kept in the report.
+        known: ``(variable, facts)`` pairs a pruning run counted while writing those
+            variables (see :class:`WeightFacts`); they are not read again. Other weights are
+            read one at a time.
 
     Returns:
         A :class:`PruningReport` with one row per :class:`~keras_prune.traversal.Site`
@@ -241,9 +269,10 @@ def summarize(model: keras.Model, *, settings: dict | None = None) -> PruningRep
         >>> report.layers[0].params, report.totals["sparsity"]
         (10, 0.0)
     """
+    facts = {id(variable): fact for variable, fact in (known or ())}
     sites = [site for site in weight_sites(model) if site.variables]
     return PruningReport(
-        layers=[_layer_summary(site) for site in sites],
+        layers=[_layer_summary(site, facts) for site in sites],
         settings=dict(settings or {}),
         left_dense=[LayerWarning(site.path, site.reason) for site in sites if site.reason],
         model=model,
@@ -261,25 +290,46 @@ def iter_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.L
         yield site.path, site.layer
 
 
-def _layer_summary(site: Site) -> LayerSummary:
+def _layer_summary(site: Site, known: dict[int, WeightFacts]) -> LayerSummary:
     kind = type(site.layer).__name__
     if isinstance(site.layer, PruneLowMagnitude):
         kind = f"{kind}({type(site.layer.layer).__name__})"
-    prunable = [np.asarray(keras.ops.convert_to_numpy(v)) for v in site.prunable]
-    pattern = _merge_patterns([detect_pattern(w) for w in prunable]) if prunable else "-"
+    prunable = {id(v) for v in site.prunable}
+    params = n_prunable = nonzeros = zeros = dense = saved = 0
+    patterns = []
+    for variable in site.variables:  # one weight in memory at a time
+        facts = known.get(id(variable))
+        weights = None
+        if facts is None:
+            weights = np.asarray(keras.ops.convert_to_numpy(variable))
+            facts = WeightFacts(weights.size, weights.itemsize, int(np.count_nonzero(weights)))
+        params += facts.size
+        nonzeros += facts.nonzeros
+        dense += facts.size * facts.itemsize
+        if id(variable) not in prunable:
+            continue
+        n_prunable += facts.size
+        zeros += facts.size - facts.nonzeros
+        saved += facts.size * facts.itemsize - _sparse_bytes(facts.size, facts.nonzeros, facts.itemsize)
+        if facts.nonzeros == facts.size:
+            patterns.append("dense")
+        elif facts.nonzeros == 0:
+            patterns.append("unstructured")
+        elif facts.pattern is not None:
+            patterns.append(facts.pattern)
+        else:
+            if weights is None:
+                weights = np.asarray(keras.ops.convert_to_numpy(variable))
+            patterns.append(detect_pattern(weights))
+    pattern = _merge_patterns(patterns) if site.prunable else "-"
     if site.reason:
         pattern = "unsupported"
-    all_weights = [np.asarray(keras.ops.convert_to_numpy(v)) for v in site.variables]
-    n_prunable = sum(w.size for w in prunable)
-    zeros = sum(int(w.size - np.count_nonzero(w)) for w in prunable)
-    dense = sum(w.nbytes for w in all_weights)
-    saved = sum(w.nbytes - sparse_bytes(w) for w in prunable)
     return LayerSummary(
         path=site.path,
         type=kind,
-        params=sum(w.size for w in all_weights),
+        params=params,
         prunable=n_prunable,
-        nonzeros=sum(int(np.count_nonzero(w)) for w in all_weights),
+        nonzeros=nonzeros,
         sparsity=zeros / n_prunable if n_prunable else 0.0,
         pattern=pattern,
         dense_bytes=dense,
@@ -295,8 +345,11 @@ def sparse_bytes(weights: np.ndarray) -> int:
         (8, 256)
     """
     weights = np.asarray(weights)
-    encoded = -(-weights.size // 8) + int(np.count_nonzero(weights)) * weights.itemsize
-    return min(weights.nbytes, encoded)
+    return _sparse_bytes(weights.size, int(np.count_nonzero(weights)), weights.itemsize)
+
+
+def _sparse_bytes(size: int, nonzeros: int, itemsize: int) -> int:
+    return min(size * itemsize, -(-size // 8) + nonzeros * itemsize)
 
 
 def detect_pattern(weights: np.ndarray) -> str:
@@ -315,6 +368,8 @@ def detect_pattern(weights: np.ndarray) -> str:
         return "dense"
     if zero.all():
         return "unstructured"
+    if unstructured_from_prefix(zero[:_prefix_rows(zero.shape)], zero.shape):
+        return "unstructured"  # the usual case, decided from the leading rows alone
     # Blocks first: zeros in whole blocks can also happen to count M per group of N.
     matrix = zero.reshape(-1, zero.shape[-1]) if zero.ndim >= 2 else zero.reshape(1, -1)
     for rows, cols in _BLOCKS:
@@ -325,6 +380,69 @@ def detect_pattern(weights: np.ndarray) -> str:
         if m:
             return f"{m}:{n}"
     return "unstructured"
+
+
+PREFIX = 1 << 16  # elements of the leading rows that usually rule every pattern out
+
+
+def _prefix_rows(shape: tuple[int, ...]) -> int:
+    """How many leading rows (along the first axis) :func:`detect_pattern` checks first."""
+    if not shape:
+        return 1
+    row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return max(32, PREFIX // max(row, 1))
+
+
+def unstructured_from_prefix(zero: np.ndarray, shape: Sequence[int]) -> bool:
+    """Whether the zeros of a tensor of ``shape`` fit none of the block and M:N patterns that
+    :func:`detect_pattern` names, judging from ``zero``, the zero mask of its leading rows
+    (a slice along its first axis, any shape with that many elements).
+
+    ``True`` is exact: some block or group in those rows already breaks every pattern, so
+    :func:`detect_pattern` says ``"unstructured"`` whenever the tensor has zeros and nonzeros.
+    ``False`` means the rows cannot tell (a pattern may hold): detect on the whole tensor.
+
+    Example:
+        >>> zero = np.random.default_rng(0).random((64, 8)) < 0.5  # 64 of 128 rows
+        >>> unstructured_from_prefix(zero, (128, 8))
+        True
+        >>> unstructured_from_prefix(np.kron(zero[:16, :2], np.ones((4, 4), bool)), (128, 8))
+        False
+    """
+    shape = tuple(int(d) for d in shape)
+    if not shape or not np.size(zero):
+        return False
+    zero = np.asarray(zero, dtype=bool).reshape((-1, *shape[1:]))
+    if len(shape) >= 2:
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        matrix = zero.reshape(-1, cols)
+    else:
+        rows, cols = 1, shape[0]
+        matrix = zero.reshape(1, -1)
+    for r, c in _BLOCKS:
+        if r > rows or c > cols:
+            continue
+        if len(shape) >= 2:
+            part = matrix[: (matrix.shape[0] // r) * r]
+        else:
+            part = matrix[:, : (matrix.shape[1] // c) * c]
+        if not part.size:
+            return False
+        corner = part[:r, : max(c, (min(part.shape[1], 256) // c) * c)]  # one row of blocks, first
+        if _is_blocked(corner, r, c) and _is_blocked(part, r, c):
+            return False
+    axis = len(shape) - 2 if len(shape) >= 2 else 0
+    for n in _GROUPS:
+        length = shape[axis]
+        if length < n or length % n:
+            continue  # detect_pattern needs whole groups along the input axis
+        part = zero[: (zero.shape[0] // n) * n] if axis == 0 else zero
+        if not part.size:
+            return False
+        counts = np.moveaxis(part, axis, -1).reshape(-1, n).sum(axis=1)
+        if counts.min() == counts.max() and counts[0] > 0:
+            return False
+    return True
 
 
 def _zeros_per_group(zero: np.ndarray, n: int) -> int:
