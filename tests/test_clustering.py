@@ -284,12 +284,17 @@ def test_bad_arguments_raise_before_anything_changes(kwargs, error, phrase):
     assert not is_clustered(model)
 
 
-def test_too_many_clusters_for_the_nonzero_weights_with_preserve_sparsity():
+def test_a_tensor_with_fewer_nonzero_weights_than_clusters_keeps_each_as_its_own():
     model = mlp()
     magnitude_prune(model, sparsity=0.9)
-    with pytest.raises(ValueError, match="non-zero weights of 'logits/kernel'"):
-        cluster_weights(model, 8, preserve_sparsity=True)
-    assert not is_clustered(model)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+    nonzero = kernel[kernel != 0]
+    assert nonzero.size < 8
+    clustered = cluster_weights(model, 8, preserve_sparsity=True)
+    after = keras.ops.convert_to_numpy(model.get_layer("logits").kernel)
+    np.testing.assert_array_equal(after == 0, kernel == 0)
+    np.testing.assert_allclose(np.sort(after[after != 0]), np.sort(nonzero), rtol=1e-6)
+    assert is_clustered(clustered)
 
 
 def test_nothing_to_cluster_and_not_a_model():

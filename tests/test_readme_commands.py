@@ -23,7 +23,8 @@ pytestmark = pytest.mark.core
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_DEMO = ["--epochs", "1", "--prune-epochs", "1", "--batch-size", "256", "--no-progress"]
-DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo", "analyze", "convert"}
+DOCUMENTED = {"inspect", "prune", "strip", "finetune", "shrink", "export", "size", "demo", "analyze", "convert",
+              "cluster"}
 TENSORFLOW_FLAGS = {"--litert"}  # LiteRT measurements; dropped on the other backends
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 
 def stateless_scope():
     """The active ``keras.StatelessScope`` (as in a JAX train step), or ``None``."""
@@ -87,3 +89,85 @@ def share_layout(variable, like) -> None:
         return
     variable._layout = layout
     variable._direct_assign(variable.value)
+
+
+def inner_layers(layer) -> list:
+    """Every layer inside ``layer``, at any depth, each once (not ``layer`` itself)."""
+    return list(layer._flatten_layers(include_self=False, recursive=True))
+
+
+def is_functional(model) -> bool:
+    """Whether ``model`` is a functional model (built from its inputs' and outputs' graph).
+
+    Keras exports no public type for it; a ``keras.Sequential`` is not one.
+    """
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional)
+
+
+def producer_of(tensor):
+    """The operation (layer) whose call produced the symbolic ``tensor`` (an ``InputLayer``
+    for a ``keras.Input``), or ``None`` if ``tensor`` has no such history."""
+    return getattr(getattr(tensor, "_keras_history", None), "operation", None)
+
+
+def producing_node(tensor):
+    """``(operation, node)``: the call that produced the symbolic ``tensor`` (``node`` is
+    that call's entry among ``operation``'s inbound nodes), or ``None`` if there is none."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or history.operation is None:
+        return None
+    return history.operation, history.operation._inbound_nodes[history.node_index]
+
+
+def inbound_nodes(layer) -> list:
+    """The nodes of ``layer``'s symbolic calls (one per call in a functional graph)."""
+    return layer._inbound_nodes
+
+
+def retrack_sublayer(container, old, new) -> None:
+    """Makes ``container`` track the layer ``new`` in place of its sub-layer ``old``, at the same
+    position among its layers; set the attribute holding ``old`` to ``new`` afterwards."""
+    container._tracker.replace_tracked_value("layers", old, new)
+
+
+def built_input_shapes(layer):
+    """The input shapes ``layer`` was built with, by ``build`` argument name (a dict), or
+    ``None`` if Keras did not record them."""
+    return getattr(layer, "_build_shapes_dict", None)
+
+
+def copy_input_shape_argument(target, source) -> None:
+    """Gives ``target`` the ``input_shape=...`` argument ``source`` was created with, if any,
+    so a Sequential model that starts with ``target`` still gets its input from it."""
+    if getattr(source, "_input_shape_arg", None) is not None:
+        target._input_shape_arg = source._input_shape_arg
+
+
+@contextlib.contextmanager
+def deferred_variables():
+    """A context collecting the variables whose initialization Keras defers during it (those
+    created inside ``keras.StatelessScope(initialize_variables=False)``).
+
+    Yields a list that, once the block ends normally, holds those variables, taken off Keras'
+    queue so nothing else initializes them: initialize each with :func:`initialize_deferred`.
+    If the block raises, they are dropped from the queue and never initialized.
+    """
+    from keras.src.backend.common import global_state
+
+    pending = global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
+    before = len(pending)
+    created = []
+    try:
+        yield created
+    except BaseException:
+        del pending[before:]
+        raise
+    created.extend(pending[before:])
+    del pending[before:]
+
+
+def initialize_deferred(variable) -> None:
+    """Gives a variable whose initialization Keras deferred its initial value."""
+    variable._deferred_initialize()

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import keras
 import numpy as np
 
-from keras_prune._keras_compat import all_layers, own_variables
+from keras_prune._keras_compat import all_layers, built_input_shapes, own_variables
 from keras_prune._validation import check_choice, check_int, check_sparsity
 from keras_prune.masks import prune_count
 from keras_prune.oneshot import LayerFilter, _check_layer_filter, list_paths, select_weights, weight_keys
@@ -262,7 +262,7 @@ def weight_macs(layer: keras.layers.Layer | None, variable) -> int:
 
 
 def _built_input_shape(layer) -> tuple | None:
-    shapes = getattr(layer, "_build_shapes_dict", None)
+    shapes = built_input_shapes(layer)
     if not isinstance(shapes, dict) or not shapes:
         return None
     shape = next(iter(shapes.values()))

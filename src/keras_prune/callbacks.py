@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from keras_prune import _backend, _host
-from keras_prune._keras_compat import call_takes_training
+from keras_prune._keras_compat import call_takes_training, inner_layers
 from keras_prune.core import MaskGroup, PruningState, constraints_hold_masks, pruning_state_of
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -18,7 +18,7 @@ def collect_pruning(model: keras.layers.Layer) -> list[PruningState]:
     if isinstance(model, PruningState):
         return [model]
     found = []
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in inner_layers(model):
         if isinstance(layer, PruningState) and layer not in found:
             found.append(layer)
     return found

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from keras_prune._keras_compat import all_layers
+
 DEFAULT_SEQUENCE_LENGTH = 128
 HUB_INPUTS = {"token_ids", "padding_mask"}
 
@@ -150,7 +152,7 @@ def sequence_limits(model) -> tuple[int | None, int | None]:
     or None."""
     shapes = [tuple(tensor.shape) for tensor in getattr(model, "inputs", None) or ()]
     fixed = shapes[0][1] if shapes and len(shapes[0]) == 2 else None
-    limits = [getattr(layer, "max_sequence_length", None) for layer in model._flatten_layers(include_self=True)]
+    limits = [getattr(layer, "max_sequence_length", None) for layer in all_layers(model)]
     limits = [int(n) for n in limits if isinstance(n, int) and n > 0]
     return fixed, min(limits) if limits else None
 

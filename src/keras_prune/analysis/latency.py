@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import keras
 import numpy as np
-from keras.src.models.functional import Functional  # no public type for it
 
+from keras_prune._keras_compat import is_functional
 from keras_prune._validation import check_choice
 
 RUNTIMES = ("keras", "litert")
@@ -71,7 +71,7 @@ def _example_inputs(model: keras.Model, batch_size: int):
     """Random inputs in the structure ``model`` is called with: one array, a list or a dict."""
     rng = np.random.default_rng(0)
     # A functional model's `input` keeps the list or dict it was built with.
-    structure = model.input if isinstance(model, Functional) else model.inputs
+    structure = model.input if is_functional(model) else model.inputs
     arrays = keras.tree.map_structure(lambda tensor: _random_input(tensor, batch_size, rng), structure)
     flat = keras.tree.flatten(arrays)
     return flat[0] if len(flat) == 1 else arrays

@@ -90,7 +90,7 @@ def plan_clusters(
     Raises:
         TypeError, ValueError: bad arguments, nothing to cluster, a ``layers`` selection that
             picks nothing, a weight already being clustered, or a tensor (channel) with fewer
-            weights (non-zero weights, with ``preserve_sparsity``) than clusters.
+            weights than clusters.
 
     Example:
         >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="fc")])
@@ -131,10 +131,10 @@ def check_unclustered(weights: list) -> None:
 
 
 def _check_size(key: str, values: np.ndarray, k: int, preserve_sparsity: bool, per_channel: bool) -> None:
+    # With preserve_sparsity a tensor (channel) may keep fewer non-zero weights than clusters, as
+    # a small layer of a heavily pruned model does: each of them is then its own cluster.
     if per_channel and values.ndim:
         count, what = values.size // max(values.shape[-1], 1), "weights per channel"
-    elif preserve_sparsity:
-        count, what = int(np.count_nonzero(values)), "non-zero weights"
     else:
         count, what = values.size, "weights"
     if k > count:

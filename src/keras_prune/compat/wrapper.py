@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from keras_prune import masks, registry
-from keras_prune._keras_compat import build_by_calling
+from keras_prune._keras_compat import build_by_calling, copy_input_shape_argument
 from keras_prune.compat.schedules import PACKAGE, ConstantSparsity, core_schedule
 from keras_prune.core import PruningState
 from keras_prune.handlers import input_axes
@@ -105,9 +105,8 @@ class PruneLowMagnitude(CorePruneLowMagnitude):
                  block_pooling_type: str = "AVG", sparsity_m_by_n=None, **kwargs):
         schedule = core_schedule(pruning_schedule or ConstantSparsity(0.5, 0))
         super().__init__(layer, schedule, block_size, block_pooling_type, sparsity_m_by_n, **kwargs)
-        if getattr(layer, "_input_shape_arg", None) is not None:
-            # Keras(input_shape=...) on the wrapped layer still gives a Sequential its input.
-            self._input_shape_arg = layer._input_shape_arg
+        # Keras(input_shape=...) on the wrapped layer still gives a Sequential its input.
+        copy_input_shape_argument(self, layer)
 
     def _check_wrappable(self, layer) -> None:
         check_wrappable(layer)

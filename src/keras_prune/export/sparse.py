@@ -195,22 +195,16 @@ def _build(architecture: dict, arrays: list[np.ndarray], safe_mode: bool) -> ker
     Inside a ``StatelessScope`` Keras defers variable initialization, so a crafted
     architecture that claims huge layers costs nothing until its shapes are checked.
     """
-    from keras.src.backend.common import global_state  # the deferred-variable queue
+    from keras_prune._keras_compat import deferred_variables, initialize_deferred
 
-    pending = global_state.get_global_attribute("uninitialized_variables", [], set_to_default=True)
-    before = len(pending)
-    try:
+    # A refused model's variables are never initialized.
+    with deferred_variables() as ours:
         with keras.StatelessScope(initialize_variables=False):
             model = _deserialize(architecture, safe_mode)
         _check_weights(model, arrays)
-    except BaseException:
-        del pending[before:]  # never initialize a refused model's variables
-        raise
     # Shapes are justified by the file: initialize them (ours only) and fill them in.
-    ours = pending[before:]
-    del pending[before:]
     for variable in ours:
-        variable._deferred_initialize()
+        initialize_deferred(variable)
     for variable, array in zip(model.weights, arrays):
         variable.assign(array)
     return model

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 
+from keras_prune._keras_compat import all_layers
 from keras_prune._validation import check_choice, check_int, check_sparsity
 from keras_prune.structured.fold import fold_batchnorm, foldable_batchnorms
 from keras_prune.structured.gradual import GradualChannelPruning
@@ -134,7 +135,7 @@ def _hub_layers(model: keras.Model, sites) -> dict[str, str]:
     opaque = {}
     for site in sites:
         reason = f"part of the KerasHub backbone '{site.path}', whose hidden width stays"
-        inside = {id(layer) for layer in site.layer._flatten_layers(include_self=True, recursive=True)}
+        inside = {id(layer) for layer in all_layers(site.layer)}
         opaque.update({layer.name: reason for layer in model.layers if id(layer) in inside})
     return opaque
 

@@ -18,6 +18,7 @@ import numpy as np
 from keras import layers
 
 from keras_prune import handlers
+from keras_prune._keras_compat import inbound_nodes, producer_of
 from keras_prune.structured.graph import walk_nodes
 
 
@@ -82,17 +83,17 @@ def foldable_batchnorms(model: keras.Model) -> dict[str, str]:
         consumers[id(tensor)] = consumers.get(id(tensor), 0) + 1
     folds = {}
     for layer, node in nodes:
-        if not isinstance(layer, layers.BatchNormalization) or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, layers.BatchNormalization) or len(inbound_nodes(layer)) != 1:
             continue
         if len(node.arguments.keras_tensors) != 1:
             continue
         (tensor,) = node.arguments.keras_tensors
-        producer = getattr(getattr(tensor, "_keras_history", None), "operation", None)
+        producer = producer_of(tensor)
         kernels = _kernel_count(producer)
         if (
             kernels
             and layer.axis in (-1, len(tensor.shape) - 1)
-            and len(producer._inbound_nodes) == 1
+            and len(inbound_nodes(producer)) == 1
             and consumers[id(tensor)] == 1
             and producer.get_config().get("activation", "linear") == "linear"
             and len(producer.weights) == kernels + bool(getattr(producer, "use_bias", False))

@@ -26,6 +26,7 @@ import numpy as np
 from keras import layers
 
 from keras_prune import handlers
+from keras_prune._keras_compat import producing_node
 
 # Activations that mix channels: removing even an all-zero channel changes the result.
 _MIXING_ACTIVATIONS = ("softmax", "log_softmax")
@@ -391,12 +392,12 @@ def walk_nodes(model: keras.Model):
     stack = [(t, False) for t in reversed(model.outputs)]
     while stack:
         tensor, expanded = stack.pop()
-        history = getattr(tensor, "_keras_history", None)
-        if history is None or history.operation is None:
+        produced = producing_node(tensor)
+        if produced is None:
             continue
-        node = history.operation._inbound_nodes[history.node_index]
+        operation, node = produced
         if expanded:
-            order.append((history.operation, node))
+            order.append((operation, node))
             continue
         # A DAG: a node reached again while its inputs are being walked is already queued.
         if id(node) in seen:

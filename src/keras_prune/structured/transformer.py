@@ -32,7 +32,7 @@ import sys
 import keras
 import numpy as np
 
-from keras_prune._keras_compat import child_layers
+from keras_prune._keras_compat import child_layers, inner_layers
 
 # Config keys of a backbone's head counts and FFN width, most specific first.
 HEAD_KEYS = ("num_query_heads", "num_heads", "num_attention_heads")
@@ -641,8 +641,7 @@ def matching_layers(old, new) -> dict[int, object]:
         if twin is None:
             continue
         found[id(layer)] = twin
-        inner = zip(layer._flatten_layers(include_self=False, recursive=True),
-                    twin._flatten_layers(include_self=False, recursive=True))
+        inner = zip(inner_layers(layer), inner_layers(twin))
         found.update({id(a): b for a, b in inner if type(a) is type(b)})
     return found
 
