@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from keras_prune import magnitude_prune
+from keras_prune import _host, magnitude_prune, oneshot
 from keras_prune.analysis.report import detect_pattern, unstructured_from_prefix
 from keras_prune.masks import (
     global_sparsity_masks,
@@ -155,3 +155,35 @@ def test_prefix_rule_never_contradicts_detection(shape):
             assert detect_pattern(weights) == "unstructured"
     blocky = np.kron(rng.random((8, 2)) < 0.5, np.ones((4, 8), bool))  # (32, 16) in 4x8 blocks
     assert not unstructured_from_prefix(blocky[:16], blocky.shape)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_many_chunks_and_a_narrow_sample_equal_the_sorted_ranking(scope, monkeypatch):
+    """Ties spread over many chunks and layers, a sample bracket that often misses."""
+    monkeypatch.setattr(_host, "CHUNK", 37)
+    monkeypatch.setattr(oneshot, "STREAM_SAMPLE", 64)
+    rng = np.random.default_rng(7)
+    kernels = [np.round(rng.normal(size=shape) * 3).astype("float32") / 3
+               for shape in [(40, 30), (30, 7), (7, 50)]]
+    kernels[0][:5] = 0.0
+    for sparsity in (0.1, 0.37, 0.5, 0.93):
+        model = model_from(kernels)
+        report = magnitude_prune(model, sparsity=sparsity, scope=scope)
+        expected = (sorted_masks([np.abs(k) for k in kernels], sparsity) if scope == "global"
+                    else [sorted_masks([np.abs(k)], sparsity)[0] for k in kernels])
+        for layer, old, keep in zip(model.layers, kernels, expected):
+            new = keras.ops.convert_to_numpy(layer.kernel)
+            np.testing.assert_array_equal(new.ravel(), np.where(keep, old.ravel(), 0.0))
+            assert not np.signbit(new.ravel()[~keep]).any()
+            assert report.layer(layer.name).pattern == detect_pattern(new)
+
+
+def test_a_view_taken_before_pruning_keeps_the_old_values():
+    kernels = adversarial_kernels(1)
+    model = model_from(kernels)
+    before = _host.view(model.layers[0].kernel)
+    assert not before.flags.writeable
+    magnitude_prune(model, sparsity=0.6, scope="global")
+    np.testing.assert_array_equal(before, kernels[0])
+    after = keras.ops.convert_to_numpy(model.layers[0].kernel)
+    assert np.count_nonzero(after) < np.count_nonzero(kernels[0])

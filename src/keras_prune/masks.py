@@ -437,46 +437,65 @@ def _bracket_kth(passes, k, total, sample, limit):
     position = k / total * sample.size
     margin = 2 * math.sqrt(sample.size) + 8
     first, last = math.floor(position - margin), math.ceil(position + margin)
-    low = sample[first] if first >= 0 else None
-    high = sample[last] if last < sample.size else None
+    low = int(sample[first]) if first >= 0 else None
+    high = int(sample[last]) if last < sample.size else None
     if low is not None and high is not None and low == high:  # many equal keys: bracket them alone
         after = int(np.searchsorted(sample, low, side="right"))
-        high = sample[after] if after < sample.size else None
-    below = at_low = at_high = 0
+        high = int(sample[after]) if after < sample.size else None
+    # The keys in [start, stop] are gathered; a bound the sample holds more than once (a weight
+    # mostly zeros, say) may be shared by many keys: those are counted, not gathered.
+    split_low = low is not None and _repeated(sample, low)
+    split_high = high is not None and _repeated(sample, high)
+    top = int(np.iinfo(sample.dtype).max)
+    start = 0 if low is None else low + split_low
+    stop = top if high is None else high - split_high
+    below = at_low = at_high = held = 0
     inside: list[np.ndarray] = []
-    held = 0
+    shifted = flags = None
     for keys in passes():
+        n = keys.size
+        if flags is None or flags.size < n:  # buffers reused from chunk to chunk
+            shifted, flags = np.empty(n, keys.dtype), np.empty(n, bool)
         if low is not None:
-            below += int(np.count_nonzero(keys < low))
-            at_low += int(np.count_nonzero(keys == low))
-        if high is not None:
-            at_high += int(np.count_nonzero(keys == high))
-        if low is None and high is None:
+            below += int(np.count_nonzero(np.less(keys, keys.dtype.type(low), out=flags[:n])))
+            if split_low:
+                at_low += int(np.count_nonzero(np.equal(keys, keys.dtype.type(low), out=flags[:n])))
+        if split_high:
+            at_high += int(np.count_nonzero(np.equal(keys, keys.dtype.type(high), out=flags[:n])))
+        if start > stop:
+            continue
+        if start == 0 and stop == top:
             part = keys.copy()
-        elif low is None:
-            part = keys[keys < high]
-        elif high is None:
-            part = keys[keys > low]
-        else:
-            part = keys[(keys > low) & (keys < high)]
+        else:  # start <= key <= stop, as one comparison of unsigned differences (they wrap)
+            np.subtract(keys, keys.dtype.type(start), out=shifted[:n])
+            part = keys[np.less_equal(shifted[:n], keys.dtype.type(stop - start), out=flags[:n])]
         held += part.size
         if held > limit:
             return None
         inside.append(part)
-    rank = k - below
+    rank, before = k - below, below
     if rank <= 0:
         return None
-    if rank <= at_low:
-        return int(low), below
-    rank -= at_low
+    if split_low:
+        if rank <= at_low:
+            return low, below
+        rank, before = rank - at_low, before + at_low
     if rank <= held:
-        between = np.concatenate(inside) if inside else np.zeros(0, sample.dtype)
-        kth = np.partition(between, rank - 1)[rank - 1]
-        return int(kth), below + at_low + int(np.count_nonzero(between < kth))
-    rank -= held
-    if high is not None and rank <= at_high:
-        return int(high), below + at_low + held
+        between = np.concatenate(inside) if len(inside) != 1 else inside[0]
+        del inside
+        between.partition(rank - 1)
+        kth = between[rank - 1]
+        return int(kth), before + int(np.count_nonzero(between[: rank - 1] < kth))
+    rank, before = rank - held, before + held
+    if split_high and rank <= at_high:
+        return high, before
     return None
+
+
+def _repeated(sorted_keys: np.ndarray, key: int) -> bool:
+    """Whether ``key`` occurs more than once in the sorted array."""
+    key = sorted_keys.dtype.type(key)
+    return int(np.searchsorted(sorted_keys, key, side="right") - np.searchsorted(sorted_keys, key, side="left")) > 1
 
 
 def _radix_kth(passes, k, limit):

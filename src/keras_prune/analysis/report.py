@@ -368,7 +368,7 @@ def detect_pattern(weights: np.ndarray) -> str:
         return "dense"
     if zero.all():
         return "unstructured"
-    if unstructured_from_prefix(zero[:_prefix_rows(zero.shape)], zero.shape):
+    if unstructured_from_prefix(zero[:prefix_rows(zero.shape)], zero.shape):
         return "unstructured"  # the usual case, decided from the leading rows alone
     # Blocks first: zeros in whole blocks can also happen to count M per group of N.
     matrix = zero.reshape(-1, zero.shape[-1]) if zero.ndim >= 2 else zero.reshape(1, -1)
@@ -385,7 +385,7 @@ def detect_pattern(weights: np.ndarray) -> str:
 PREFIX = 1 << 16  # elements of the leading rows that usually rule every pattern out
 
 
-def _prefix_rows(shape: tuple[int, ...]) -> int:
+def prefix_rows(shape: tuple[int, ...]) -> int:
     """How many leading rows (along the first axis) :func:`detect_pattern` checks first."""
     if not shape:
         return 1
