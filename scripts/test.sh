@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Sets up .venv from scratch if needed, then runs the whole test suite on the TensorFlow
-# backend and the backend-agnostic core tests (marker `core`) on the JAX backend.
+# backend and the backend-agnostic core tests (marker `core`) on the JAX and PyTorch backends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[tensorflow-cpu,jax,dev,hub]"
+# PyTorch pinned to the CPU build the CI machines carry: an unpinned `torch` pulls the
+# multi-GB CUDA build.
+.venv/bin/python -m pip install --quiet torch==2.13.0
 echo "== ruff"
 .venv/bin/ruff check src tests benchmarks
 echo "== TensorFlow backend: all tests"
 KERAS_BACKEND=tensorflow .venv/bin/python -m pytest -q "$@"
 echo "== JAX backend: core tests"
 KERAS_BACKEND=jax .venv/bin/python -m pytest -q -m core "$@"
+echo "== PyTorch backend: core tests"
+KERAS_BACKEND=torch .venv/bin/python -m pytest -q -m core "$@"

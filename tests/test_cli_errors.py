@@ -2,6 +2,7 @@
 only when complete, model files without optimizer state, mixed precision, strip as a no-op."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,7 +82,8 @@ def test_the_hidden_reason_of_a_load_failure_is_shown(capsys, tmp_path):
     (tmp_path / "arch.json").write_text(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="d")]).to_json())
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="d")]).save_weights(tmp_path / "wrong.weights.h5")
     code, _, err = run_cli(capsys, "inspect", tmp_path / "arch.json", "--weights", tmp_path / "wrong.weights.h5")
-    assert_failure(code, err, "wrong.weights.h5", "variable.shape=(4, 3)", "value.shape=(4, 5)")
+    assert_failure(code, err, "wrong.weights.h5", "variable.shape=(4, 3)", "value.shape=")
+    assert re.search(r"value\.shape=(\(4, 5\)|torch\.Size\(\[4, 5\]\))", err), err  # Keras' words per backend
 
 
 def failing_fit(*args, **kwargs):

@@ -2,9 +2,12 @@
 
 Each backend module has ``update_in_step(wrapper, step)``, run by the wrapper's forward pass in
 training before the wrapped layer is called, and ``call_layer(wrapper, *args, **kwargs)``,
-the forward pass itself. The update recomputes the masks on the host, with the same numpy code
-as everywhere else, but only when the schedule says so at ``step``; because it runs inside the
-compiled step, a model compiled with ``steps_per_execution`` gets the masks of a plain ``fit``.
+the forward pass itself; backends that can differentiate also have
+``loss_gradients(model, loss_fn, x, y)`` (for Taylor importance), and a backend whose Keras
+trainer caps ``steps_per_execution`` says so in ``MAX_STEPS_PER_EXECUTION``. The update
+recomputes the masks on the host, with the same numpy code as everywhere else, but only when
+the schedule says so at ``step``; because it runs inside the compiled step, a model compiled
+with ``steps_per_execution`` gets the masks of a plain ``fit``.
 With one step per batch, ``UpdatePruningStep`` updates from the host between steps instead,
 which keeps host calls out of the compiled step.
 """
@@ -18,9 +21,9 @@ import keras
 
 
 def current() -> ModuleType:
-    """The module for the active Keras backend (TensorFlow, JAX, or eager for the others)."""
+    """The module for the active Keras backend (TensorFlow, JAX, PyTorch, or eager for the others)."""
     name = keras.backend.backend()
-    return importlib.import_module(f"keras_prune._backend.{name if name in ('tensorflow', 'jax') else 'eager'}")
+    return importlib.import_module(f"keras_prune._backend.{name if name in ('tensorflow', 'jax', 'torch') else 'eager'}")
 
 
 def is_update_step(schedule, step):

@@ -10,6 +10,7 @@ the zeros reach the variables.
 from __future__ import annotations
 
 import jax
+import keras
 import numpy as np
 
 from keras_prune._backend import is_update_step
@@ -67,3 +68,15 @@ def call_layer(wrapper, token, *args, training=None, **kwargs):
         return wrapper.layer(*args, **kwargs)
     finally:
         scope.state_mapping.update(originals)
+
+
+def loss_gradients(model, loss_fn, x, y) -> list:
+    """Gradients of the mean of ``loss_fn(y, model(x))`` for each of ``model.trainable_variables``,
+    as numpy arrays."""
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def loss_of(trainable):
+        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return keras.ops.mean(loss_fn(y, y_pred))
+
+    return [np.asarray(g) for g in jax.grad(loss_of)([v.value for v in model.trainable_variables])]

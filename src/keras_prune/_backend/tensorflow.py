@@ -8,6 +8,7 @@ between steps when a model is compiled with ``jit_compile=True``.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from keras_prune._backend import is_update_step
@@ -75,3 +76,13 @@ def call_layer(wrapper, token, *args, training=None, **kwargs):
         return wrapper.layer(*args, **kwargs)
     with tf.control_dependencies([token]):
         return wrapper.layer(*args, **kwargs)
+
+
+def loss_gradients(model, loss_fn, x, y) -> list:
+    """Gradients of the mean of ``loss_fn(y, model(x))`` for each of ``model.trainable_variables``,
+    as numpy arrays (zeros for a variable the loss does not depend on)."""
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(loss_fn(y, model(x, training=False)))
+    grads = tape.gradient(loss, variables)
+    return [np.zeros(tuple(v.shape)) if g is None else g.numpy() for v, g in zip(variables, grads)]

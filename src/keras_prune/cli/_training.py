@@ -107,6 +107,7 @@ def load_unpruned(args: argparse.Namespace):
 
 def compile_config(keras, model, args) -> dict:
     """The model's saved compile settings with the command-line overrides applied."""
+    from keras_prune import _backend
     from keras_prune.io import error_summary
 
     config = dict(model.get_compile_config() or {}) if model.compiled else {}
@@ -129,6 +130,13 @@ def compile_config(keras, model, args) -> dict:
             f"'{args.model}' was saved without a loss; pass --loss (for example "
             "--loss sparse_categorical_crossentropy --metrics accuracy)."
         )
+    limit = getattr(_backend.current(), "MAX_STEPS_PER_EXECUTION", None)
+    if limit is not None and (config.get("steps_per_execution") or 1) > limit:
+        # Only speed depends on it: pruning counts steps the same however they are batched.
+        print(f"note: '{args.model}' was compiled with steps_per_execution={config['steps_per_execution']}; "
+              f"the {keras.backend.backend()} backend trains with at most {limit}, so this run does.",
+              file=sys.stderr)
+        config["steps_per_execution"] = limit
     return config
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import keras
-from keras.src.models.functional import Functional  # Keras exports no public type for it
 
 from keras_prune import registry
-from keras_prune._keras_compat import all_layers
+from keras_prune._keras_compat import all_layers, is_functional, producer_of, retrack_sublayer
 from keras_prune.oneshot import ensure_prunable, list_paths
 from keras_prune.wrapper import PruneLowMagnitude
 
@@ -42,7 +41,7 @@ class PruningPolicy:
 
 
 def _is_clonable(model: keras.Model) -> bool:
-    return isinstance(model, (keras.Sequential, Functional))
+    return isinstance(model, keras.Sequential) or is_functional(model)
 
 
 def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -83,7 +82,7 @@ def transform_layers(
         return new
 
     inputs = None
-    if isinstance(model, Functional) and not isinstance(model, keras.Sequential):
+    if is_functional(model) and not isinstance(model, keras.Sequential):
         inputs = keras.tree.map_structure(_same_input, model.input)
     cloned = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
     for old, new in [] if reuse else pairs:
@@ -97,7 +96,7 @@ def transform_layers(
 
 def _same_input(tensor):
     """A new input like ``tensor``, with its name, so the clone's config matches."""
-    source = tensor._keras_history.operation
+    source = producer_of(tensor)
     return keras.Input(
         batch_shape=tensor.shape, dtype=tensor.dtype, sparse=tensor.sparse, name=source.name
     )
@@ -105,7 +104,7 @@ def _same_input(tensor):
 
 def _sublayer_slots(container):
     """``(holder, key, layer)`` for each sub-layer attribute or list item of ``container``."""
-    for name, value in list(vars(container).items()):
+    for name, value in _attributes(container):
         if name.startswith("_"):
             continue
         if isinstance(value, keras.layers.Layer):
@@ -116,8 +115,19 @@ def _sublayer_slots(container):
                     yield value, i, item
 
 
+def _attributes(container) -> list:
+    """``(name, value)`` for each attribute of ``container``.
+
+    On PyTorch a layer is a ``torch.nn.Module``, which keeps attributes holding modules (so
+    every sub-layer) in its ``_modules`` instead of ``__dict__``; those are included.
+    """
+    found = dict(vars(container))
+    found.update(vars(container).get("_modules") or {})
+    return list(found.items())
+
+
 def _swap(container, holder, key, old, new) -> None:
-    container._tracker.replace_tracked_value("layers", old, new)
+    retrack_sublayer(container, old, new)
     if holder is container:
         setattr(container, key, new)
     else:

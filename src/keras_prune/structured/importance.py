@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from keras_prune import _backend
 from keras_prune.structured.graph import ChannelGraph
 
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "wanda")
@@ -182,37 +183,15 @@ def _gradients(model: keras.Model, calibration_data) -> dict[int, np.ndarray]:
     loss_fn = keras.losses.get(model.loss)
     variables = model.trainable_variables
     total = [np.zeros(v.shape) for v in variables]
-    backend = keras.backend.backend()
+    loss_gradients = getattr(_backend.current(), "loss_gradients", None)
+    if loss_gradients is None:
+        raise ValueError(
+            f"importance='taylor' supports the tensorflow, jax and torch backends. Received: "
+            f"backend={keras.backend.backend()!r}. Use importance='l1' on this backend."
+        )
     for x, y in _batches(calibration_data):
-        if backend == "tensorflow":
-            grads = _tf_gradients(model, loss_fn, x, y)
-        elif backend == "jax":
-            grads = _jax_gradients(model, loss_fn, x, y)
-        else:
-            raise ValueError(
-                f"importance='taylor' supports the tensorflow and jax backends. Received: "
-                f"backend={backend!r}. Use importance='l1' on this backend."
-            )
+        grads = loss_gradients(model, loss_fn, x, y)
         for acc, g in zip(total, grads):
             acc += np.asarray(g, dtype=np.float64)
     return {id(v): g for v, g in zip(variables, total)}
 
-
-def _tf_gradients(model, loss_fn, x, y) -> list:
-    import tensorflow as tf
-
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(loss_fn(y, model(x, training=False)))
-    return [g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
-
-
-def _jax_gradients(model, loss_fn, x, y) -> list:
-    import jax
-
-    non_trainable = [v.value for v in model.non_trainable_variables]
-
-    def loss_of(trainable):
-        y_pred, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-        return keras.ops.mean(loss_fn(y, y_pred))
-
-    return list(jax.grad(loss_of)([v.value for v in model.trainable_variables]))
