@@ -66,7 +66,7 @@ class MaskConstraint(keras.constraints.Constraint):
 
 def constraints_hold_masks() -> bool:
     """Whether variable constraints can read live masks inside the compiled train step."""
-    return keras.backend.backend() != "jax"
+    return _backend.current().CONSTRAINTS_READ_VARIABLES
 
 
 def final_sparsity(schedule: PruningSchedule) -> float:

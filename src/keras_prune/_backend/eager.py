@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import keras
 
+# Variable constraints run inside the train step; here they can read other variables' live values.
+CONSTRAINTS_READ_VARIABLES = True
+
 
 def in_step_problem(model) -> str | None:
     """Masks can always update inside this backend's train step."""

@@ -16,6 +16,10 @@ import numpy as np
 from keras_prune._backend import is_update_step
 from keras_prune._keras_compat import no_autocast, share_layout, stateless_scope
 
+# The train step holds the variables as its own state and empties them meanwhile, so a
+# constraint reading another variable would see what it held when the step was traced.
+CONSTRAINTS_READ_VARIABLES = False
+
 
 def in_step_problem(model) -> str | None:
     """Masks can always update inside this backend's train step."""

@@ -13,6 +13,9 @@ import tensorflow as tf
 
 from keras_prune._backend import is_update_step
 
+# Variable constraints run inside the train step; here they can read other variables' live values.
+CONSTRAINTS_READ_VARIABLES = True
+
 
 def in_step_problem(model) -> str | None:
     """Why masks cannot update inside ``model``'s compiled train step, or ``None`` if they can."""

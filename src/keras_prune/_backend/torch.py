@@ -7,10 +7,16 @@ import keras
 import numpy as np
 import torch
 
-from keras_prune._backend.eager import call_layer, in_step_problem, place_masks, update_in_step
+from keras_prune._backend.eager import (
+    CONSTRAINTS_READ_VARIABLES,
+    call_layer,
+    in_step_problem,
+    place_masks,
+    update_in_step,
+)
 
-__all__ = ["MAX_STEPS_PER_EXECUTION", "call_layer", "in_step_problem", "loss_gradients", "place_masks",
-           "update_in_step"]
+__all__ = ["CONSTRAINTS_READ_VARIABLES", "MAX_STEPS_PER_EXECUTION", "call_layer", "in_step_problem",
+           "loss_gradients", "place_masks", "update_in_step"]
 
 MAX_STEPS_PER_EXECUTION = 1  # Keras' torch trainer refuses more
 

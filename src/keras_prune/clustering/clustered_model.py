@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_prune import _host
+from keras_prune import _backend, _host
 from keras_prune._keras_compat import untracked
 from keras_prune.clustering.centroids import CentroidInitialization
 from keras_prune.clustering.plan import (
@@ -60,7 +60,8 @@ class ClusterConstraint(keras.constraints.Constraint):
         flat = keras.ops.reshape(w, (-1,))
         # JAX's train step holds the model's variables as its own state and empties the
         # Variables meanwhile, so the constraint reads the (fixed) segments from a host copy.
-        segments = self.fixed if keras.backend.backend() == "jax" and self.fixed is not None else self.segments
+        live = _backend.current().CONSTRAINTS_READ_VARIABLES
+        segments = self.segments if live or self.fixed is None else self.fixed
         ids = keras.ops.reshape(keras.ops.convert_to_tensor(segments), (-1,))
         sums = keras.ops.segment_sum(flat, ids, num_segments=self.count)
         counts = keras.ops.segment_sum(keras.ops.ones_like(flat), ids, num_segments=self.count)
