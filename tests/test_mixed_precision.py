@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import keras_prune as kp
-from tests.helpers import compile_classifier, dense_data
+
+from helpers import compile_classifier, dense_data
 
 pytestmark = pytest.mark.core
 
