@@ -16,4 +16,7 @@ KERAS_BACKEND=tensorflow .venv/bin/python -m pytest -q "$@"
 echo "== JAX backend: core tests"
 KERAS_BACKEND=jax .venv/bin/python -m pytest -q -m core "$@"
 echo "== PyTorch backend: core tests"
-KERAS_BACKEND=torch .venv/bin/python -m pytest -q -m core "$@"
+# The README/demo command runs and the numpy threshold selection of test_scale do the same
+# work on every backend; they run above, which keeps the whole script within CI's time limit.
+KERAS_BACKEND=torch .venv/bin/python -m pytest -q -m core --ignore=tests/test_readme_commands.py \
+  --ignore=tests/test_demo.py --ignore=tests/test_scale.py "$@"
