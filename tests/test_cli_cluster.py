@@ -57,8 +57,21 @@ def test_cluster_per_channel_with_preserved_zeros_and_fine_tuning(capsys, tmp_pa
     assert not (tmp_path / "out.keras.ckpt").exists()
 
 
+def test_cluster_takes_a_count_per_weight(capsys, tmp_path):
+    model, _ = make_files(tmp_path)
+    out = tmp_path / "out.keras"
+    code, stdout, err = run_cli(capsys, "cluster", model, "-o", out, "--clusters", "hidden/kernel=5, logits/kernel=3")
+    assert code == 0, err
+    assert len(np.unique(kernel(out, "hidden"))) == 5 and len(np.unique(kernel(out, "logits"))) == 3
+    assert "2 weights clustered" in stdout
+
+
 @pytest.mark.parametrize(("flags", "phrase"), [
     (["--clusters", "1"], "--clusters must be >= 2"),
+    (["--clusters", "four"], "'four' is not an integer"),
+    (["--clusters", "hidden/kernel=4,3"], "'3' is not one"),
+    (["--clusters", "hidden/kernel=1"], "--clusters must be >= 2"),
+    (["--clusters", "hidden/kernel=4,head/kernel=2"], "head/kernel"),
     (["--clusters", "40"], "larger than the 32 weights of 'logits/kernel'"),
     (["--clusters", "4", "--layers", "nope"], "nope"),
 ])

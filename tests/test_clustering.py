@@ -259,6 +259,36 @@ def test_a_custom_layer_holding_a_dense_is_clustered_at_depth():
     assert len(np.unique(keras.ops.convert_to_numpy(model.layers[1].scale))) > 3  # trained, not clustered
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_count_per_weight_clusters_each_named_weight_to_its_own_count(tmp_path, per_channel):
+    x, y = dense_data(n=64)
+    model = mlp()
+    clustered = cluster_weights(model, {"hidden/kernel": 5, "logits/kernel": 2}, cluster_per_channel=per_channel)
+    assert clustered.cluster_counts() == [5, 2]
+    assert [c.shape[-1] for c in clustered.centroids()] == [5, 2]
+    compile_classifier(clustered, "adam")
+    clustered.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    hidden, logits = clustered.weight_values()
+    assert max(distinct_counts(hidden, per_channel)) == 5 and max(distinct_counts(logits, per_channel)) == 2
+    assert [int(i.max()) for i in clustered.cluster_indices()] == [4, 1]
+    path = tmp_path / "clustered.keras"
+    clustered.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.number_of_clusters == {"hidden/kernel": 5, "logits/kernel": 2} and loaded.cluster_counts() == [5, 2]
+    for a, b in zip(clustered.centroids(), loaded.centroids()):
+        np.testing.assert_array_equal(a, b)
+    loaded.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert max(distinct_counts(loaded.weight_values()[0], per_channel)) == 5
+
+
+def test_a_count_per_weight_leaves_the_weights_it_does_not_name_alone():
+    model = mlp()
+    logits = keras.ops.convert_to_numpy(model.get_layer("logits").kernel).copy()
+    clustered = cluster_weights(model, {"hidden/kernel": 3})
+    assert clustered.weight_names() == ["hidden/kernel"]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("logits").kernel), logits)
+
+
 # -- bad input: clear errors before anything changes -------------------------------------------
 
 
@@ -273,6 +303,11 @@ def _values(model):
     ({"number_of_clusters": 17, "cluster_per_channel": True}, ValueError, "16 weights per channel of .hidden"),
     ({"number_of_clusters": 4, "cluster_centroids_init": "median"}, ValueError, "cluster_centroids_init"),
     ({"number_of_clusters": 4, "layers": "nothing_here"}, ValueError, "nothing_here"),
+    ({"number_of_clusters": {}}, ValueError, "empty mapping"),
+    ({"number_of_clusters": {"hidden/kernel": 1}}, ValueError, r"number_of_clusters\['hidden/kernel'\]` must be >= 2"),
+    ({"number_of_clusters": {"hidden/bias": 4}}, ValueError, "`number_of_clusters` names weights .*hidden/bias"),
+    ({"number_of_clusters": {"logits/kernel": 73}}, ValueError, "larger than the 72 weights of 'logits/kernel'"),
+    ({"number_of_clusters": {"hidden/kernel": 4}, "layers": "logits"}, ValueError, "names weights"),
 ])
 def test_bad_arguments_raise_before_anything_changes(kwargs, error, phrase):
     model = mlp()

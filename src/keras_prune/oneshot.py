@@ -257,10 +257,11 @@ def _check_layer_filter(layers: object) -> None:
 
 
 def select_weights(
-    model: keras.Model, layer_filter: LayerFilter = None, sparsity: Sparsity = None
+    model: keras.Model, layer_filter: LayerFilter = None, sparsity: Sparsity = None, argument: str = "sparsity"
 ) -> list[tuple[str, object]]:
     """``(layer path, variable)`` for every prunable weight of the layers ``layer_filter`` picks
-    (and, when ``sparsity`` is a mapping, that it names by :func:`weight_key`).
+    (and, when ``sparsity`` is a mapping, that it names by :func:`weight_key`; ``argument`` is
+    the mapping's name in the error naming unknown weights).
 
     Layers are found at any depth (see :func:`keras_prune.traversal.weight_sites`); weights
     keras-prune does not know how to prune are left out.
@@ -279,7 +280,7 @@ def select_weights(
     unknown = sorted(set(sparsity) - set(keys))
     if unknown:
         raise ValueError(
-            f"Argument `sparsity` names weights that are not selected prunable weights of model "
+            f"Argument `{argument}` names weights that are not selected prunable weights of model "
             f"'{model.name}': {list_paths(unknown)}. Selected weights: {list_paths(keys)}."
         )
     return [site for site, key in zip(selected, keys) if key in sparsity]

@@ -39,7 +39,8 @@ EXAMPLES = """\
 examples:
   keras-prune cluster model.keras -o clustered.keras --clusters 16
   keras-prune cluster pruned.keras -o clustered.keras --clusters 8 --preserve-sparsity --per-channel
-  keras-prune cluster model.keras -o clustered.keras --clusters 16 --data train.npz --epochs 2"""
+  keras-prune cluster model.keras -o clustered.keras --clusters 16 --data train.npz --epochs 2
+  keras-prune cluster pruned.keras -o clustered.keras --clusters fc1/kernel=8,fc2/kernel=16 --preserve-sparsity"""
 
 INITS = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR", "density": "DENSITY_BASED", "random": "RANDOM"}
 # The flags that define a run, besides the fine-tuning ones; a checkpoint resumes only its own.
@@ -56,8 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_arguments(parser)
     add_output_arguments(parser)
-    parser.add_argument("--clusters", type=int, required=True, metavar="N",
-                        help="distinct values per tensor (per channel with --per-channel), >= 2")
+    parser.add_argument("--clusters", required=True, metavar="N | WEIGHT=N,...",
+                        help="distinct values per tensor (per channel with --per-channel), >= 2; or a count per "
+                             "weight, e.g. fc1/kernel=8,fc2/kernel=16 (only those weights are clustered; keys as "
+                             "`keras-prune inspect` names weights)")
     parser.add_argument("--init", choices=tuple(INITS), default="kmeans++",
                         help="how the centroids start (default: kmeans++)")
     parser.add_argument("--preserve-sparsity", action="store_true",
@@ -72,13 +75,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def cluster_counts(text: str) -> int | dict[str, int]:
+    """``--clusters``: ``N``, or ``WEIGHT=N,WEIGHT=N,...``; each count an integer >= 2."""
+
+    def count(value: str) -> int:
+        try:
+            k = int(value)
+        except ValueError:
+            raise CLIError(f"--clusters takes N or WEIGHT=N,...; {value!r} is not an integer.") from None
+        if k < 2:
+            raise CLIError(f"--clusters must be >= 2. Received: --clusters {text}")
+        return k
+
+    if "=" not in text:
+        return count(text.strip())
+    counts = {}
+    for item in text.split(","):
+        key, sep, value = item.rpartition("=")
+        if not sep or not key.strip():
+            raise CLIError(f"--clusters takes WEIGHT=N items separated by commas; {item!r} is not one.")
+        counts[key.strip()] = count(value.strip())
+    return counts
+
+
 def run(args: argparse.Namespace) -> int:
     import keras
 
     from keras_prune.clustering import cluster_weights, strip_clustering
 
-    if args.clusters < 2:
-        raise CLIError(f"--clusters must be >= 2. Received: --clusters {args.clusters}")
+    counts = cluster_counts(args.clusters)
     check_training_flags(args)
     check_output(args)
     tune = bool(args.data) and args.epochs > 0
@@ -94,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         dense_scores = evaluate(model, config, data, args.batch_size)
     clustered, done = checkpoint.load(args.unsafe) if checkpoint else (None, 0)
     if clustered is None:
-        clustered = cluster_weights(model, args.clusters, INITS[args.init], preserve_sparsity=args.preserve_sparsity,
+        clustered = cluster_weights(model, counts, INITS[args.init], preserve_sparsity=args.preserve_sparsity,
                                     cluster_per_channel=args.per_channel, layers=wanted, seed=args.seed)
         if tune:
             clustered.compile_from_config(config)
@@ -125,14 +150,15 @@ def table_rows(clustered) -> list[tuple[str, tuple, int, int, int]]:
     import numpy as np
 
     rows = []
-    for name, values, indices in zip(clustered.weight_names(), clustered.weight_values(), clustered.cluster_indices()):
+    for name, values, indices, k in zip(clustered.weight_names(), clustered.weight_values(),
+                                        clustered.cluster_indices(), clustered.cluster_counts()):
         if clustered.cluster_per_channel and values.ndim:
             flat = values.reshape(-1, values.shape[-1])
             distinct = max(len(np.unique(flat[:, c][flat[:, c] != 0] if clustered.preserve_sparsity else flat[:, c]))
                            for c in range(flat.shape[1]))
         else:
             distinct = len(np.unique(values[values != 0] if clustered.preserve_sparsity else values))
-        rows.append((name, values.shape, clustered.number_of_clusters, distinct, int(np.sum(indices == -1))))
+        rows.append((name, values.shape, k, distinct, int(np.sum(indices == -1))))
     return rows
 
 

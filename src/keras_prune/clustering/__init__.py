@@ -15,7 +15,7 @@ import numpy as np  # noqa: F401  (the examples use it)
 
 from keras_prune.clustering.centroids import CentroidInitialization
 from keras_prune.clustering.clustered_model import ClusteredModel, cluster_state_of
-from keras_prune.clustering.plan import WeightClusters, plan_clusters
+from keras_prune.clustering.plan import ClusterCounts, WeightClusters, plan_clusters
 from keras_prune.oneshot import LayerFilter
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
 
 def cluster_weights(
     to_cluster: keras.Model,
-    number_of_clusters: int,
+    number_of_clusters: ClusterCounts,
     cluster_centroids_init: CentroidInitialization | str = CentroidInitialization.KMEANS_PLUS_PLUS,
     preserve_sparsity: bool = False,
     cluster_per_channel: bool = False,
@@ -48,7 +48,10 @@ def cluster_weights(
 
     Args:
         to_cluster: a built model (its weights change in place).
-        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2.
+        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2;
+            or ``{weight key: clusters}`` (``{"fc1/kernel": 8, "fc2/kernel": 16}``, keys as
+            :func:`keras_prune.allocate` and ``keras-prune inspect`` name weights): only the
+            weights it names are clustered, each to its own count.
         cluster_centroids_init: ``CentroidInitialization.KMEANS_PLUS_PLUS`` (default),
             ``LINEAR``, ``DENSITY_BASED`` or ``RANDOM``, or their names.
         preserve_sparsity: keep weights that are exactly 0.0 (a pruned model's zeros) at

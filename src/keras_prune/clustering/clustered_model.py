@@ -30,9 +30,11 @@ from keras_prune import _backend, _host
 from keras_prune._keras_compat import untracked
 from keras_prune.clustering.centroids import CentroidInitialization
 from keras_prune.clustering.plan import (
+    ClusterCounts,
     WeightClusters,
     check_arguments,
     check_unclustered,
+    clusters_for,
     plan_clusters,
     segment_count,
 )
@@ -86,7 +88,8 @@ class ClusteredModel(keras.Model):
 
     Args:
         model: the built model to cluster (changed in place: its weights are the ones trained).
-        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2.
+        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2,
+            or ``{weight key: clusters}`` for the weights to cluster, each to its own count.
         cluster_centroids_init: a :class:`keras_prune.CentroidInitialization` or its name.
         preserve_sparsity: keep the entries that are exactly 0.0 at 0.0, in no cluster.
         cluster_per_channel: cluster each slice of the last axis (output channel) on its own.
@@ -107,7 +110,7 @@ class ClusteredModel(keras.Model):
     def __init__(
         self,
         model: keras.Model,
-        number_of_clusters: int,
+        number_of_clusters: ClusterCounts,
         cluster_centroids_init: CentroidInitialization | str = CentroidInitialization.KMEANS_PLUS_PLUS,
         preserve_sparsity: bool = False,
         cluster_per_channel: bool = False,
@@ -117,7 +120,7 @@ class ClusteredModel(keras.Model):
         restore: bool = False,
         **kwargs,
     ):
-        k, init = check_arguments(number_of_clusters, cluster_centroids_init, layers)
+        counts, init = check_arguments(number_of_clusters, cluster_centroids_init, layers)
         if isinstance(model, ClusteredModel):
             raise ValueError(f"Model '{model.name}' is already clustered. Call keras_prune.strip_clustering() "
                              "first to cluster it again with other settings.")
@@ -129,11 +132,11 @@ class ClusteredModel(keras.Model):
         if clustered_weights is not None and not restore:
             raise ValueError("Argument `clustered_weights` is what a saved clustered model records; choose "
                              f"the weights to cluster with `layers`. Received: clustered_weights={clustered_weights!r}")
-        plans = None if restore else plan_clusters(model, k, init, preserve_sparsity, cluster_per_channel, layers, seed)
+        plans = None if restore else plan_clusters(model, counts, init, preserve_sparsity, cluster_per_channel, layers, seed)
         kwargs.setdefault("name", model.name)
         super().__init__(**kwargs)
         self.layer = model
-        self.number_of_clusters = k
+        self.number_of_clusters = counts
         self.cluster_centroids_init = init
         self.preserve_sparsity = bool(preserve_sparsity)
         self.cluster_per_channel = bool(cluster_per_channel)
@@ -163,8 +166,10 @@ class ClusteredModel(keras.Model):
             )
         selected = [everything[i] for i in positions]
         check_unclustered([weight for _, weight in selected])
-        k = self.number_of_clusters
-        shapes = [(int(w.shape[-1]), k) if self.cluster_per_channel and len(w.shape) else (k,) for _, w in selected]
+        shapes = []
+        for path, weight in selected:
+            k = clusters_for(self.number_of_clusters, weight_key(path, weight))
+            shapes.append((int(weight.shape[-1]), k) if self.cluster_per_channel and len(weight.shape) else (k,))
         self._create_state(selected, positions, shapes)  # the indices are loaded with the weights
 
     def _create_state(self, selected: list, positions: list[int], centroid_shapes: list) -> None:
@@ -178,6 +183,7 @@ class ClusteredModel(keras.Model):
             self._clustered = [weight for _, weight in selected]
             self._weight_paths = [path for path, _ in selected]
             self._segment_counts = [segment_count(shape) for shape in centroid_shapes]
+            self._cluster_counts = [int(shape[-1]) for shape in centroid_shapes]
         self.clustered_layers = list(dict.fromkeys(self._weight_paths))
         for weight, index, count in zip(self._clustered, self._indices, self._segment_counts):
             weight._keras_prune_clusters = self
@@ -228,6 +234,10 @@ class ClusteredModel(keras.Model):
         """``<layer path>/<weight>`` per clustered weight (as :func:`keras_prune.oneshot.weight_key`)."""
         return [weight_key(path, weight) for path, weight in self.clustered_weights()]
 
+    def cluster_counts(self) -> list[int]:
+        """The number of clusters of each clustered weight (per channel, with ``cluster_per_channel``)."""
+        return list(self._cluster_counts)
+
     def weight_values(self) -> list[np.ndarray]:
         """The current values of the clustered weights, as numpy arrays."""
         return [_host.read(w) for w in self._clustered]
@@ -236,22 +246,23 @@ class ClusteredModel(keras.Model):
         """The cluster of each entry of each clustered weight (int32, the weight's shape): its
         cluster ``0..k-1`` (within its channel, per channel), or ``-1`` for a kept zero."""
         out = []
-        for index, count in zip(self._indices, self._segment_counts):
+        for index, count, k in zip(self._indices, self._segment_counts, self._cluster_counts):
             ids = _host.read(index)
-            out.append(np.where(ids == count - 1, -1, ids % self.number_of_clusters).astype(np.int32))
+            out.append(np.where(ids == count - 1, -1, ids % k).astype(np.int32))
         return out
 
     def centroids(self) -> list[np.ndarray]:
         """The current centroids of each clustered weight: ``(k,)``, or ``(channels, k)`` per
         channel; a cluster without entries (possible with few distinct values) reads NaN."""
         out = []
-        for values, index, count in zip(self.weight_values(), self._indices, self._segment_counts):
+        for values, index, count, k in zip(self.weight_values(), self._indices, self._segment_counts,
+                                           self._cluster_counts):
             ids = _host.read(index).reshape(-1)
             sums = np.bincount(ids, values.reshape(-1).astype(np.float64), count)[:-1]
             sizes = np.bincount(ids, minlength=count)[:-1]
             with np.errstate(invalid="ignore", divide="ignore"):
                 means = np.where(sizes > 0, sums / np.maximum(sizes, 1), np.nan)
-            out.append(means.reshape(-1, self.number_of_clusters) if self.cluster_per_channel and index.shape
+            out.append(means.reshape(-1, k) if self.cluster_per_channel and index.shape
                        else means)
         return out
 

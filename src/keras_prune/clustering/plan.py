@@ -10,6 +10,7 @@ normalization weights stay as they are, as in tfmot.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -20,6 +21,9 @@ from keras_prune.clustering.centroids import CentroidInitialization, assign, che
 from keras_prune.oneshot import LayerFilter, _check_layer_filter, select_weights, weight_key
 
 ZERO = -1  # the cluster index of a zero kept out of the clusters (preserve_sparsity)
+
+# Clusters per tensor: one count for all, or ``{weight key: count}`` naming the weights to cluster.
+ClusterCounts = int | Mapping[str, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +73,7 @@ def segment_count(centroid_shape: tuple[int, ...]) -> int:
 
 def plan_clusters(
     model: keras.Model,
-    number_of_clusters: int,
+    number_of_clusters: ClusterCounts,
     cluster_centroids_init: CentroidInitialization | str = CentroidInitialization.KMEANS_PLUS_PLUS,
     preserve_sparsity: bool = False,
     cluster_per_channel: bool = False,
@@ -80,7 +84,9 @@ def plan_clusters(
 
     Args:
         model: a built model.
-        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2.
+        number_of_clusters: clusters per tensor (per channel with ``cluster_per_channel``), >= 2;
+            or ``{weight key: clusters}`` (keys as :func:`keras_prune.oneshot.weight_key`,
+            ``"fc1/kernel"``): only the weights it names are clustered, each to its own count.
         cluster_centroids_init: a :class:`CentroidInitialization` (or its name).
         preserve_sparsity: keep the weights that are exactly 0.0 at 0.0, outside the clusters.
         cluster_per_channel: cluster each slice of the last axis (output channel) on its own.
@@ -97,16 +103,21 @@ def plan_clusters(
         >>> [plan] = plan_clusters(model, 3, "linear")
         >>> plan.key, plan.centroids.shape, len(np.unique(plan.values()))
         ('fc/kernel', (3,), 3)
+        >>> two = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="a"), keras.layers.Dense(4, name="b")])
+        >>> [(plan.key, plan.centroids.shape) for plan in plan_clusters(two, {"a/kernel": 8, "b/kernel": 2})]
+        [('a/kernel', (8,)), ('b/kernel', (2,))]
     """
-    k, init = check_arguments(number_of_clusters, cluster_centroids_init, layers)
+    counts, init = check_arguments(number_of_clusters, cluster_centroids_init, layers)
     everything = select_weights(model)
     position = {id(weight): i for i, (_, weight) in enumerate(everything)}
-    selected = select_weights(model, layers)
+    named = counts if isinstance(counts, Mapping) else None
+    selected = select_weights(model, layers, named, argument="number_of_clusters")
     check_unclustered([weight for _, weight in selected])
     rng = np.random.default_rng(seed)
     plans = []
     for path, weight in selected:
         key = weight_key(path, weight)
+        k = clusters_for(counts, key)
         values = _host.read(weight)
         _check_size(key, values, k, preserve_sparsity, cluster_per_channel)
         centroids, indices = _cluster(values, k, init, preserve_sparsity, cluster_per_channel, rng)
@@ -114,11 +125,27 @@ def plan_clusters(
     return plans
 
 
-def check_arguments(number_of_clusters: object, init: object, layers: LayerFilter) -> tuple[int, CentroidInitialization]:
+def check_arguments(
+    number_of_clusters: object, init: object, layers: LayerFilter
+) -> tuple[ClusterCounts, CentroidInitialization]:
     """The checked ``(number_of_clusters, init)``; raises on a bad argument."""
-    k = check_int("number_of_clusters", number_of_clusters, 2)
+    if isinstance(number_of_clusters, Mapping):
+        if not number_of_clusters:
+            raise ValueError("Argument `number_of_clusters` is an empty mapping: name at least one weight.")
+        counts: ClusterCounts = {}
+        for key, k in number_of_clusters.items():
+            if not isinstance(key, str):
+                raise TypeError(f"Argument `number_of_clusters` maps weight keys (str) to counts. Received key {key!r}")
+            counts[key] = check_int(f"number_of_clusters['{key}']", k, 2)
+    else:
+        counts = check_int("number_of_clusters", number_of_clusters, 2)
     _check_layer_filter(layers)
-    return k, check_init(init)
+    return counts, check_init(init)
+
+
+def clusters_for(counts: ClusterCounts, key: str) -> int:
+    """The number of clusters of the weight named ``key``."""
+    return counts[key] if isinstance(counts, Mapping) else counts
 
 
 def check_unclustered(weights: list) -> None:
