@@ -11,10 +11,15 @@ conv 50@5x5, pool, dense 500 ReLU, dense 10; 431,080 parameters), trained on the
    magnitude ranking of the trained dense model's kernels), ``PolynomialDecay`` from 0 over the
    first part of ``prune_epochs`` epochs of fine-tuning (cosine-decayed learning rate), then
    ``strip_pruning``;
-3. clustered: ``keras_prune.clustering.cluster_weights`` (16 and 32 clusters per kernel,
-   k-means++ centroids, ``preserve_sparsity=True``), ``cluster_epochs`` of fine-tuning with a
-   small constant learning rate (centroids trained, weights stay at their centroids), then
-   ``strip_clustering``.
+3. clustered: ``keras_prune.clustering.cluster_weights`` (16 and 32 clusters per kernel, or
+   fewer for the kernels the recipe's ``layer_clusters`` caps, k-means++ centroids,
+   ``preserve_sparsity=True``), ``cluster_epochs`` of fine-tuning with a small constant
+   learning rate (centroids trained, weights stay at their centroids), then ``strip_clustering``.
+
+Each seed (``--seeds``, default 0, 1, 2) trains its own models (initialization and data order).
+The targets sit within the seed-to-seed spread of one test error, so with several seeds they are
+judged on the mean test error of each variant over the seeds (and its lowest ratio); the detail
+tables show the first seed.
 
 The dense control gets the same recipe without pruning or clustering: the same optimizer,
 batch size, learning rates and data order for all ``dense + prune + cluster`` epochs (it
@@ -33,8 +38,8 @@ Edge path: the pruned + clustered model and the pruned model quantized to int8 a
 to LiteRT; the .tflite size, the largest |output difference| against Keras on the test set,
 and what the converter kept (sparse tensors, int8 weights, distinct weight values).
 
-    .venv/bin/python benchmarks/bench_compression.py --write-docs     # full run: ~30 min on 2 busy cores,
-                                                                      # ~6 min with the trained weights cached
+    .venv/bin/python benchmarks/bench_compression.py --write-docs     # full run (3 seeds): ~80 min on 2 cores,
+                                                                      # ~15 min with the trained weights cached
     .venv/bin/python benchmarks/bench_compression.py --quick          # smoke run, tiny models
 
 Prints the tables and a PASS/FAIL line per model (>= 50x and test error at most 0.1 point above
@@ -75,6 +80,7 @@ README_ANCHOR = "**Structured pruning**"
 
 MODELS = {"lenet_300_100": "LeNet-300-100", "lenet5": "LeNet-5 (Caffe-style CNN)"}
 CLUSTERS = (16, 32)
+SEEDS = (0, 1, 2)  # the targets sit within the spread of one seed's test error: judge the mean of three
 TARGET_RATIO = 50.0
 TARGET_POINTS = 0.1  # test error at most this many percentage points above the dense model
 DEEP_COMPRESSION = {"lenet_300_100": {"ratio": 40, "error": 1.58, "dense_error": 1.64},
@@ -84,7 +90,7 @@ RECIPES = {
     "lenet_300_100": {"hidden": (300, 100), "dense_epochs": 20, "dense_schedule": "cosine", "prune_epochs": 16,
                       "cluster_epochs": 4, "batch_size": 128, "learning_rate": 1e-3, "final_learning_rate": 1e-5,
                       "cluster_learning_rate": 1e-4, "prune_end": 0.5, "frequency": 100,
-                      "allocation": "global", "sparsity": 0.94},
+                      "allocation": "global", "sparsity": 0.93, "layer_clusters": {"fc1/kernel": 8}},
     "lenet5": {"filters": (20, 50), "hidden": 500, "dense_epochs": 6, "prune_epochs": 10, "cluster_epochs": 3,
                "batch_size": 128, "learning_rate": 1e-3, "final_learning_rate": 1e-5,
                "cluster_learning_rate": 1e-4, "prune_end": 0.5, "frequency": 100,
@@ -129,7 +135,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--files-dir", type=Path, default=None,
                         help="keep the exported files, in a folder per model under this one (default: a temporary "
                              "folder, removed)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds: each trains its own models; with several, the targets are "
+                             f"judged on the mean test error over the seeds (default: {','.join(map(str, SEEDS))}; "
+                             "with --quick, 0)")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON results file (default: benchmarks/results/compression.json; with --quick, "
                              "compression.json in a bench_compression_quick folder of the temporary directory)")
@@ -153,13 +162,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--clusters takes comma-separated integers. Received: {args.clusters}")
     if any(k < 2 for k in args.cluster_counts):
         parser.error(f"--clusters must be >= 2. Received: {args.clusters}")
+    if args.seeds is None:
+        args.seeds = "0" if args.quick else ",".join(map(str, SEEDS))
+    try:
+        args.seed_list = tuple(dict.fromkeys(int(seed) for seed in args.seeds.split(",")))
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers. Received: {args.seeds}")
+    args.seed = args.seed_list[0]
     return args
 
 
 def settings_for(args) -> dict:
     recipes = QUICK_RECIPES if args.quick else RECIPES
     return {"recipes": {name: recipes[name] for name in args.models.split(",")}, "clusters": args.cluster_counts,
-            "seed": args.seed, "quick": args.quick, "images": QUICK_IMAGES if args.quick else None,
+            "seeds": list(args.seed_list), "quick": args.quick, "images": QUICK_IMAGES if args.quick else None,
             "litert": not args.no_litert, "target_ratio": TARGET_RATIO, "target_points": TARGET_POINTS}
 
 
@@ -204,13 +220,33 @@ def load_data(args, settings: dict) -> dict:
     return data
 
 
-def compile_model(model, learning_rate, weight_decay: float = 0.0) -> None:
+def compile_model(model, learning_rate, weight_decay: float = 0.0, distill: dict | None = None) -> None:
     import keras
 
     optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay
                  else keras.optimizers.Adam(learning_rate))
+    if distill:
+        model.compile(optimizer=optimizer, loss=distillation_loss(distill["temperature"], distill["alpha"]))
+        return
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+
+
+def distillation_loss(temperature: float, alpha: float):
+    """Hinton et al.'s knowledge distillation: ``alpha`` x cross-entropy with the labels +
+    (1 - ``alpha``) x T^2 x cross-entropy with the teacher's softened outputs. The targets are
+    the label followed by the teacher's logits (one row per image)."""
+    import keras
+
+    ops = keras.ops
+
+    def loss(targets, logits):
+        labels, teacher = ops.cast(targets[:, 0], "int32"), targets[:, 1:]
+        hard = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        soft = -ops.sum(ops.softmax(teacher / temperature) * ops.log_softmax(logits / temperature), axis=-1)
+        return alpha * hard + (1.0 - alpha) * temperature**2 * soft
+
+    return loss
 
 
 def steps_per_epoch(data: dict, recipe: dict) -> int:
@@ -233,18 +269,24 @@ def phase_learning_rate(phase: str, recipe: dict, data: dict):
     return recipe["cluster_learning_rate"]
 
 
-def fit_phase(model, phase: str, recipe: dict, data: dict, seed: int, callbacks=()) -> float:
+def fit_phase(model, phase: str, recipe: dict, data: dict, seed: int, callbacks=(), teacher=None) -> float:
     """Trains ``model`` for one phase of the recipe (a fresh Adam; the data order is seeded by
-    the phase, so the dense control sees the same batches as the pruned model); returns seconds."""
+    the phase, so the dense control sees the same batches as the pruned model); returns seconds.
+    With the recipe's ``distill`` and ``teacher`` (the dense model's logits on the training
+    images), the phases after the dense one learn from the teacher too."""
     import keras
+    import numpy as np
 
     epochs = recipe[f"{phase}_epochs"]
     if epochs == 0:
         return 0.0
-    compile_model(model, phase_learning_rate(phase, recipe, data), recipe.get("weight_decay", 0.0))
+    distill = recipe.get("distill") if phase != "dense" and teacher is not None else None
+    compile_model(model, phase_learning_rate(phase, recipe, data), recipe.get("weight_decay", 0.0), distill)
+    targets = (np.concatenate([data["y_train"][:, None].astype("float32"), teacher], axis=1) if distill
+               else data["y_train"])
     keras.utils.set_random_seed(seed + {"dense": 0, "prune": 1, "cluster": 2}[phase])
     start = time.perf_counter()
-    model.fit(data["x_train"], data["y_train"], batch_size=recipe["batch_size"], epochs=epochs, verbose=0,
+    model.fit(data["x_train"], targets, batch_size=recipe["batch_size"], epochs=epochs, verbose=0,
               callbacks=list(callbacks))
     return time.perf_counter() - start
 
@@ -318,18 +360,21 @@ def train_models(name: str, recipe: dict, data: dict, args) -> dict:
         return model, fit_phase(model, "dense", recipe, data, args.seed)
 
     dense, dense_info = cached(args.cache_dir, f"{name}_dense", base, make_dense, loader)
+    teacher = (dense.predict(data["x_train"], batch_size=1000, verbose=0).astype("float32")
+               if recipe.get("distill") else None)
     later = {k: recipe[k] for k in ("prune_epochs", "cluster_epochs", "final_learning_rate",
-                                    "cluster_learning_rate", "prune_learning_rate") if recipe.get(k) is not None}
+                                    "cluster_learning_rate", "prune_learning_rate", "distill")
+             if recipe.get(k) is not None}
 
     def make_control():
         model = copy_of(dense, name, recipe, args.seed)
-        seconds = fit_phase(model, "prune", recipe, data, args.seed)
-        return model, seconds + fit_phase(model, "cluster", recipe, data, args.seed)
+        seconds = fit_phase(model, "prune", recipe, data, args.seed, teacher=teacher)
+        return model, seconds + fit_phase(model, "cluster", recipe, data, args.seed, teacher=teacher)
 
     control, control_info = cached(args.cache_dir, f"{name}_dense_all", {**base, **later}, make_control, loader)
     prune_fields = {**base, **{k: recipe[k] for k in ("prune_epochs", "final_learning_rate", "prune_end",
                                                        "frequency", "sparsities", "prune_learning_rate",
-                                                       "allocation", "sparsity")
+                                                       "allocation", "sparsity", "distill")
                                if recipe.get(k) is not None}}
 
     def make_pruned():
@@ -340,11 +385,11 @@ def train_models(name: str, recipe: dict, data: dict, args) -> dict:
                                                begin_step=0, end_step=max(1, int(steps * recipe["prune_end"])),
                                                frequency=recipe["frequency"])
         pruned = keras_prune.prune_low_magnitude(model, schedule, sparsities=sparsities)
-        seconds = fit_phase(pruned, "prune", recipe, data, args.seed, [keras_prune.UpdatePruningStep()])
+        seconds = fit_phase(pruned, "prune", recipe, data, args.seed, [keras_prune.UpdatePruningStep()], teacher)
         return keras_prune.strip_pruning(pruned), seconds
 
     pruned, pruned_info = cached(args.cache_dir, f"{name}_pruned", prune_fields, make_pruned, loader)
-    return {"dense": dense, "control": control, "pruned": pruned,
+    return {"dense": dense, "control": control, "pruned": pruned, "teacher": teacher,
             "info": {"dense": dense_info, "dense_all": control_info, "pruned": pruned_info}}
 
 
@@ -360,7 +405,7 @@ def clustering_api():
         return None
 
 
-def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int) -> tuple:
+def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int, teacher=None) -> tuple:
     """The pruned model clustered to ``k`` centroids per kernel (zeros kept), fine-tuned for
     ``cluster_epochs`` and stripped. Returns (model, seconds, how)."""
     api = clustering_api()
@@ -371,10 +416,21 @@ def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int) -> t
     import keras
 
     keras.utils.set_random_seed(seed + 7)
-    clustered = cluster_weights(model, number_of_clusters=k, preserve_sparsity=True, seed=seed)
-    seconds = fit_phase(clustered, "cluster", recipe, data, seed)
+    clustered = cluster_weights(model, number_of_clusters=cluster_counts(model, k, recipe), preserve_sparsity=True,
+                                seed=seed)
+    seconds = fit_phase(clustered, "cluster", recipe, data, seed, teacher=teacher)
     stripped = strip_clustering(clustered)
     return copy_of(stripped, name, recipe, seed), seconds, "keras_prune.clustering.cluster_weights"
+
+
+def cluster_counts(model, k: int, recipe: dict) -> int | dict:
+    """``k`` for every kernel, or, with the recipe's ``layer_clusters`` ({kernel key: most
+    clusters}), a count per kernel: ``k``, capped for the kernels it names."""
+    caps = recipe.get("layer_clusters")
+    if not caps:
+        return k
+    keys = ["/".join(path.split("/")[-2:]) for path, _ in kernels(model)]
+    return {key: min(k, caps.get(key, k)) for key in keys}
 
 
 # -- measuring ----------------------------------------------------------------------------------
@@ -693,7 +749,7 @@ def run_model(name: str, args, settings: dict, data: dict) -> dict:
         clustered_models = {}
         for k in settings["clusters"]:
             try:
-                model, seconds, how = cluster(name, pruned, k, recipe, data, args.seed)
+                model, seconds, how = cluster(name, pruned, k, recipe, data, args.seed, trained["teacher"])
             except Exception as error:  # reported; the other legs still run
                 traceback.print_exc(file=sys.stderr)
                 rows[f"clustered_{k}"] = {"error": error_text(error)}
@@ -737,10 +793,43 @@ def run_model(name: str, args, settings: dict, data: dict) -> dict:
     return out
 
 
+def seed_summary(rows: dict) -> dict:
+    """What the verdict needs of one seed's rows: test error, ratio, file bytes, density."""
+    return {key: {field: row[field] for field in ("error", "ratio", "file_bytes", "density") if field in row}
+            for key, row in rows.items() if "error" in row and "ratio" in row}
+
+
+def mean_rows(by_seed: dict) -> dict:
+    """Per row measured in every seed: the mean test error and the lowest ratio over the seeds."""
+    import numpy as np
+
+    runs = list(by_seed.values())
+    keys = [key for key in runs[0] if all(key in run for run in runs)]
+    return {key: {"error": float(np.mean([run[key]["error"] for run in runs])),
+                  "error_std": float(np.std([run[key]["error"] for run in runs], ddof=1)) if len(runs) > 1 else 0.0,
+                  "ratio": min(run[key]["ratio"] for run in runs)} for key in keys}
+
+
+def combine_seeds(runs: dict) -> dict:
+    """The first seed's full results (the detail tables), plus every seed's summary and, with
+    several seeds, the mean rows the targets are judged on."""
+    first = next(iter(runs.values()))
+    measured = {seed: res for seed, res in runs.items() if "rows" in res}
+    if len(runs) == 1 or not measured:
+        return first
+    out = dict(first)
+    out["seeds"] = {seed: seed_summary(res["rows"]) for seed, res in measured.items()}
+    out["seed_errors"] = {seed: res["error"] for seed, res in runs.items() if "error" in res and "rows" not in res}
+    out["mean_rows"] = mean_rows(out["seeds"])
+    out["verdict"] = verdict(out)
+    return out
+
+
 def verdict(res: dict) -> dict:
     """PASS if some entropy-coded clustered row reaches TARGET_RATIO with a test error at most
-    TARGET_POINTS above the better of the two dense models."""
-    rows = res["rows"]
+    TARGET_POINTS above the better of the two dense models. With several seeds: the mean test
+    errors over the seeds, and each row's lowest ratio."""
+    rows = res.get("mean_rows") or res["rows"]
     dense_error = min(rows[k]["error"] for k in ("dense", "dense_all_epochs") if "error" in rows.get(k, {}))
     candidates = []
     for key, row in rows.items():
@@ -770,7 +859,9 @@ def row_label(key: str, recipe: dict) -> str:
         total = recipe["dense_epochs"] + recipe["prune_epochs"] + recipe["cluster_epochs"]
         return f"dense, same recipe ({total} epochs)"
     if key.startswith("clustered_"):
-        k = key.split("_")[1]
+        k = int(key.split("_")[1])
+        k = f"{k}" + "".join(f"; {name.split('/')[0]} {cap}" for name, cap in recipe.get("layer_clusters", {}).items()
+                             if cap < k)
         return f"pruned + clustered ({k}) + entropy coding" if key.endswith("_entropy") else f"pruned + clustered ({k})"
     return ROW_LABELS[key]
 
@@ -782,7 +873,7 @@ def kernel_storage(row: dict) -> str:
 
 def model_table(res: dict) -> str:
     recipe = res["recipe"]
-    dense_error = res["verdict"]["dense_error"]
+    dense_error = verdict({"rows": res["rows"]})["dense_error"]  # this seed's own
     lines = ["| variant | test error | vs dense | kernel density | file bytes | kernels / other / header | "
              "ratio | kernel encodings |", "|---|---|---|---|---|---|---|---|"]
     for key, row in res["rows"].items():
@@ -793,6 +884,20 @@ def model_table(res: dict) -> str:
         lines.append(f"| {row_label(key, recipe)} | {row['error']:.2f}% | {row['error'] - dense_error:+.2f} | "
                      f"{row['density']:.2%} | {row['file_bytes']:,} | {row['kernel_bytes']:,} / "
                      f"{row['other_bytes']:,} / {row['header_bytes']:,} | {ratio} | {kernel_storage(row)} |")
+    return "\n".join(lines)
+
+
+def seeds_table(res: dict) -> str:
+    """Test error of every row in every seed, the mean, and the lowest ratio over the seeds."""
+    seeds = list(res["seeds"])
+    dense_error = res["verdict"]["dense_error"]
+    lines = ["| variant | " + " | ".join(f"seed {seed}" for seed in seeds) + " | mean (std) | vs dense | lowest ratio |",
+             "|---|" + "---|" * len(seeds) + "---|---|---|"]
+    for key, row in res["mean_rows"].items():
+        errors = " | ".join(f"{res['seeds'][seed][key]['error']:.2f}%" for seed in seeds)
+        ratio = f"**{row['ratio']:.1f}x**" if key.endswith("_entropy") else f"{row['ratio']:.1f}x"
+        lines.append(f"| {row_label(key, res['recipe'])} | {errors} | {row['error']:.3f}% ({row['error_std']:.2f}) | "
+                     f"{row['error'] - dense_error:+.3f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -835,7 +940,7 @@ def verdict_lines(results: dict) -> list[str]:
             continue
         b = v["best"]
         out.append(f"{MODELS[name]}: {'PASS' if v['passed'] else 'FAIL'} - {row_label(b['row'], res['recipe'])}: "
-                   f"{b['ratio']:.1f}x (target >= {TARGET_RATIO:.0f}x), test error {b['error']:.2f}% = dense "
+                   f"{b['ratio']:.1f}x (target >= {TARGET_RATIO:.0f}x), test error{over_seeds(res)} {b['error']:.2f}% = dense "
                    f"{v['dense_error']:.2f}% {b['points']:+.2f} points (target <= +{TARGET_POINTS})")
     return out
 
@@ -846,7 +951,11 @@ def tables(results: dict) -> str:
         if "rows" not in res:
             parts += [f"**{MODELS[name]}**: failed: {res.get('error', '?')}", ""]
             continue
-        parts += [f"**{MODELS[name]}** ({res['params']:,} parameters, {4 * res['params']:,} bytes as float32; "
+        if res.get("seeds"):
+            parts += [f"**{MODELS[name]}**, over {len(res['seeds'])} seeds (the targets are judged on the mean test "
+                      "errors and the lowest ratios):", "", seeds_table(res), ""]
+        first = f", seed {next(iter(res['seeds']))}" if res.get("seeds") else ""
+        parts += [f"**{MODELS[name]}**{first} ({res['params']:,} parameters, {4 * res['params']:,} bytes as float32; "
                   f"dense `.keras` {res.get('dense_keras_bytes', 0):,} B)", "", model_table(res), ""]
     parts += ["Entropy bound of the clustered kernels (positions and centroid indices, order 0):", "",
               entropy_table(results), ""]
@@ -899,8 +1008,8 @@ def litert_reading(results: dict) -> list[str]:
 
 def command_line(args) -> str:
     parts = [".venv/bin/python benchmarks/bench_compression.py"] + (["--quick"] if args.quick else [])
-    defaults = parse_args([])
-    for name in ("models", "clusters", "seed"):
+    defaults = parse_args(["--quick"] if args.quick else [])
+    for name in ("models", "clusters", "seeds"):
         if getattr(args, name) != getattr(defaults, name):
             parts.append(f"--{name} {getattr(args, name)}")
     if args.no_litert:
@@ -928,7 +1037,17 @@ def recipe_text(name: str, recipe: dict, res: dict | None = None) -> str:
             f"({dense}) + {recipe['prune_epochs']} pruning epochs (learning rate cosine-decayed from {peak:g} to "
             f"{recipe['final_learning_rate']:g}; sparsity reached after {recipe['prune_end']:.0%} of them, masks "
             f"updated every {recipe['frequency']} steps) + {recipe['cluster_epochs']} clustering epochs at "
-            f"{recipe['cluster_learning_rate']:g} = {total}; {sparsity}")
+            f"{recipe['cluster_learning_rate']:g} = {total}; {sparsity}{caps_text(recipe)}")
+
+
+def caps_text(recipe: dict) -> str:
+    caps = recipe.get("layer_clusters")
+    if not caps:
+        return ""
+    named = " and ".join(key.split("/")[0] for key in caps)
+    counts = sorted(set(caps.values()))
+    return (f"; at most {' / '.join(map(str, counts))} clusters in {named} (`cluster_weights(model, "
+            f"{{kernel: count}})`: the largest, sparsest kernels take fewer bits per index)")
 
 
 def section(results: dict) -> str:
@@ -976,7 +1095,7 @@ def section(results: dict) -> str:
         "kernel), the biases and the architecture are outside the bound but inside the file.",
         f"keras-prune at commit {lib.get('commit', '?')}" + (" with uncommitted changes"
                                                               if lib.get("edited_since_commit") else "")
-        + f" (sources digest {lib.get('sources', '?')}). One seed ({s['seed']}). Machine: {env['cpus']} CPU cores "
+        + f" (sources digest {lib.get('sources', '?')}). {seeds_text(s)} Machine: {env['cpus']} CPU cores "
         f"shared with other work (load average {env['load_average'][0]:.1f} at the start), Keras {env['keras']}, "
         f"TensorFlow {env['tensorflow']}. Wall time of the run: {results['total_seconds'] / 60:.1f} min"
         + (f" (from the cache of an earlier run with the same recipe: {', '.join(cached)})." if cached else "."),
@@ -999,6 +1118,15 @@ def section(results: dict) -> str:
     return "\n".join(lines)
 
 
+def seeds_text(settings: dict) -> str:
+    seeds = settings.get("seeds", [settings.get("seed", 0)])
+    if len(seeds) == 1:
+        return f"One seed ({seeds[0]})."
+    return (f"Seeds {', '.join(map(str, seeds))}: each trains its own dense, control, pruned and clustered models "
+            "(initialization and data order); the targets are judged on the mean test error over the seeds, "
+            "against the better of the two dense models' means, and on each variant's lowest ratio.")
+
+
 def reading(results: dict) -> list[str]:
     lines = []
     for name, res in results["models"].items():
@@ -1006,10 +1134,11 @@ def reading(results: dict) -> list[str]:
         if not v or not v.get("best"):
             continue
         b = v["best"]
-        line = (f"{MODELS[name]}: {b['ratio']:.1f}x at {b['error']:.2f}% test error ({b['points']:+.2f} points "
-                f"against the dense {v['dense_error']:.2f}%): {'PASS' if v['passed'] else 'FAIL'}. Deep "
-                f"Compression: {dc['ratio']}x at {dc['error']:.2f}% (dense {dc['dense_error']:.2f}%).")
-        pruned = res["rows"].get("pruned", {})
+        line = (f"{MODELS[name]}: {b['ratio']:.1f}x at {b['error']:.2f}% test error{over_seeds(res)} "
+                f"({b['points']:+.2f} points against the dense {v['dense_error']:.2f}%): "
+                f"{'PASS' if v['passed'] else 'FAIL'}. Deep Compression: {dc['ratio']}x at {dc['error']:.2f}% "
+                f"(dense {dc['dense_error']:.2f}%, one run).")
+        pruned = {**res["rows"].get("pruned", {}), **(res.get("mean_rows") or {}).get("pruned", {})}
         if not v["passed"] and "error" in pruned:
             line += (f" The pruned model alone is {pruned['error'] - v['dense_error']:+.2f} points from the dense "
                      f"one: the accuracy is lost in pruning (to {pruned['density']:.1%} of the kernel weights), not "
@@ -1027,6 +1156,11 @@ def reading(results: dict) -> list[str]:
     return lines + litert_reading(results)
 
 
+def over_seeds(res: dict) -> str:
+    """" (mean of N seeds)" when the verdict is on several seeds' mean, else nothing."""
+    return f" (mean of {len(res['seeds'])} seeds)" if res.get("seeds") else ""
+
+
 def readme_line(results: dict) -> str:
     cells = []
     for name, res in results["models"].items():
@@ -1036,7 +1170,8 @@ def readme_line(results: dict) -> str:
             verdict_text = ("target met" if v["passed"] else
                             f"target of {TARGET_POINTS:g} point missed by {b['points'] - TARGET_POINTS:.2f}"
                             if b["ratio"] >= TARGET_RATIO else "target missed")
-            cells.append(f"{MODELS[name].split(' (')[0]} **{b['ratio']:.0f}x** at {b['error']:.2f}% test error "
+            cells.append(f"{MODELS[name].split(' (')[0]} **{b['ratio']:.0f}x** at {b['error']:.2f}% test error"
+                         f"{over_seeds(res)} "
                          f"(dense {v['dense_error']:.2f}%, {b['points']:+.2f} points: {verdict_text}; Deep "
                          f"Compression {DEEP_COMPRESSION[name]['ratio']}x)")
     body = "; ".join(cells) if cells else "not measured yet"
@@ -1133,12 +1268,15 @@ def main(argv=None) -> dict:
                "library": bc.library_version(), "models": {}}
     data = load_data(args, settings)
     for name in args.models.split(","):
-        try:
-            results["models"][name] = run_model(name, args, settings, data)
-        except Exception as error:  # reported; the other model still runs
-            traceback.print_exc(file=sys.stderr)
-            results["models"][name] = {"error": error_text(error)}
-            log(name, f"FAILED: {results['models'][name]['error']}")
+        runs = {}
+        for seed in args.seed_list:
+            try:
+                runs[seed] = run_model(name, argparse.Namespace(**{**vars(args), "seed": seed}), settings, data)
+            except Exception as error:  # reported; the other seeds and model still run
+                traceback.print_exc(file=sys.stderr)
+                runs[seed] = {"error": error_text(error)}
+                log(name, f"seed {seed} FAILED: {runs[seed]['error']}")
+        results["models"][name] = combine_seeds(runs)
     scratch = Path(tempfile.gettempdir()) / "bench_compression_quick"
     plot_path = args.plot or (scratch / PLOT.name if args.quick else PLOT)
     try:

@@ -119,3 +119,28 @@ def test_tables_json_plot_and_docs(quick_run):
     bench.main(["--from-results", str(folder / "results.json"), "--write-docs", str(docs)])
     again = docs.read_text()
     assert again.count(bench.BEGIN) == 1 and again.count(bench.DOCS_ANCHOR) == 1
+
+
+def test_several_seeds_are_judged_on_the_mean_error_and_the_lowest_ratio():
+    bench = load_benchmark("bench_compression", needs=())
+
+    def run(dense, control, coded, ratio):
+        rows = {"dense": {"error": dense, "ratio": 1.2}, "dense_all_epochs": {"error": control, "ratio": 1.2},
+                "clustered_16_entropy": {"error": coded, "ratio": ratio}}
+        return {"rows": rows, "recipe": bench.RECIPES["lenet_300_100"]}
+
+    # Seed 1 alone passes (+0.05 at 52x); the mean of the two is +0.15 points: FAIL.
+    failing = bench.combine_seeds({0: run(1.8, 1.7, 1.95, 52.0), 1: run(1.7, 1.6, 1.65, 51.0)})
+    assert failing["mean_rows"]["clustered_16_entropy"]["error"] == pytest.approx(1.80)
+    assert failing["verdict"]["dense_error"] == pytest.approx(1.65)  # the better dense mean: the controls'
+    assert not failing["verdict"]["passed"] and failing["verdict"]["best"]["points"] == pytest.approx(0.15)
+    # Within 0.1 point on the mean, but one seed's file is below 50x: the lowest ratio decides.
+    low = bench.combine_seeds({0: run(1.8, 1.7, 1.72, 52.0), 1: run(1.7, 1.6, 1.70, 49.9)})
+    assert low["verdict"]["best"]["ratio"] == 49.9 and not low["verdict"]["passed"]
+    passing = bench.combine_seeds({0: run(1.8, 1.7, 1.72, 52.0), 1: run(1.7, 1.6, 1.70, 50.1)})
+    assert passing["verdict"]["passed"]
+    assert "mean of 2 seeds" in bench.verdict_lines({"models": {"lenet_300_100": passing}})[0]
+    assert "seed 0 | seed 1" in bench.seeds_table(passing)
+    # One seed: that seed's rows, as before.
+    single = bench.combine_seeds({3: run(1.8, 1.7, 1.95, 52.0)})
+    assert "seeds" not in single and "mean_rows" not in single

@@ -1,4 +1,5 @@
-"""The entropy-coded ``codebook`` encoding: chosen by itself, near the entropy, hostile-input safe."""
+"""The entropy-coded ``codebook`` encodings (order 0, and with row contexts): chosen by themselves,
+near the entropy, hostile-input safe."""
 
 import functools
 import json
@@ -28,6 +29,17 @@ def clustered(shape, sparsity=0.9, k=16, seed=0, dtype="float32"):
     centroids = np.quantile(weights[keep], (np.arange(k) + 0.5) / k)
     nearest = np.abs(weights[..., None] - centroids).argmin(-1)
     return np.where(keep, centroids[nearest], 0).astype(dtype)
+
+
+def uneven(shape=(40, 30), k=6, seed=0, dtype="float32"):
+    """A clustered kernel whose rows differ in density, as a pruned layer's do: a third of the
+    rows empty (dead inputs), a third 5% dense, a third 60% dense."""
+    rng = np.random.default_rng(seed)
+    rows = shape[0]
+    density = np.repeat([0.0, 0.05, 0.6], -(-rows // 3))[:rows]
+    keep = rng.random(shape) < density[:, None]
+    values = rng.choice(np.linspace(-1.0, 1.0, k), size=shape)
+    return np.where(keep, values, 0).astype(dtype)
 
 
 def layout(entry, parts):
@@ -138,19 +150,20 @@ def test_near_empty_tensors_fall_back_so_the_expansion_limit_holds():
 # ---------------------------------------------------------------- hostile input
 
 
-def container(entry, payload, version=2):
+def container(entry, payload, version=3):
     return fmt.write_container({"architecture": {}, "tensors": [entry]}, payload, version)
 
 
-def valid_file():
-    entry, payload = _valid_file()
+def valid_file(kind="codebook"):
+    entry, payload = _valid_file(kind)
     return json.loads(json.dumps(entry)), payload
 
 
-@functools.lru_cache(maxsize=1)
-def _valid_file():
-    entry, payload = layout(*encode_tensor(clustered((40, 30), sparsity=0.8, k=6)))
-    assert entry["encoding"] == "codebook"
+@functools.lru_cache(maxsize=2)
+def _valid_file(kind):
+    array = clustered((40, 30), sparsity=0.8, k=6) if kind == "codebook" else uneven()
+    entry, payload = layout(*encode_tensor(array))
+    assert entry["encoding"] == kind
     return entry, payload
 
 
@@ -191,17 +204,41 @@ CRAFTED = [
 ]
 
 
-def test_crafted_codebook_entries_raise_one_error_type():
-    for change, message in CRAFTED:
-        entry, payload = change(*valid_file())
+CRAFTED_ROWS = [
+    (lambda e, p: (e.update(contexts=1) or e, p), "context count"),
+    (lambda e, p: (e.update(contexts=17) or e, p), "context count"),
+    (lambda e, p: (e.update(contexts=True) or e, p), "context count"),
+    (lambda e, p: (e.pop("contexts") and e, p), "context count"),
+    (lambda e, p: (e.update(contexts=e["contexts"] + 1) or e, p), "raw length|frequenc"),
+    (lambda e, p: (e.update(codebook=5) or e, p), "raw length"),
+    (lambda e, p: (e.update(nnz=e["nnz"] - 1) or e, p), "nonzero count|too long"),
+    (lambda e, p: (e.update(shape=[1200]) or e, p), "rank 2"),
+    (lambda e, p: (e.update(shape=[30, 40]) or e, p), "left over|ended|does not decode|nonzero count|too long"),
+    (lambda e, p: with_blob(e, p, "freqs", bytes(4 * (3 * e["contexts"] + 6))), "frequency is 0"),
+    (lambda e, p: with_blob(e, p, "freqs", freqs_blob([2**23] * (3 * e["contexts"] + 6))), "sum"),
+    (lambda e, p: with_blob(e, p, "symbols", b"\x01\x02\x03"), "bad length"),
+    (lambda e, p: with_blob(e, p, "symbols", b"\x05\x00\x00\x00\x00\x00\x00\x00"), "does not decode"),
+    (lambda e, p: with_blob(e, p, "symbols", b""), "nonzero count|left over|ended"),
+    (lambda e, p: (e.update(encoding="codebook") or e, p), "raw length|too long|decode|left over"),
+]
+
+
+@pytest.mark.parametrize(("kind", "crafted"), [("codebook", CRAFTED), ("codebook_rows", CRAFTED_ROWS)])
+def test_crafted_codebook_entries_raise_one_error_type(kind, crafted):
+    for change, message in crafted:
+        entry, payload = change(*valid_file(kind))
         with pytest.raises(SparseFormatError, match=message):
             decode_all(container(entry, payload))
 
 
+KINDS = pytest.mark.parametrize("kind", ["codebook", "codebook_rows"])
+
+
+@KINDS
 @given(words=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=60))
 @settings(max_examples=150, deadline=None)
-def test_fuzz_garbage_symbol_streams_raise_sparse_format_error_or_decode_to_the_shape(words):
-    entry, payload = with_blob(*valid_file(), "symbols", np.array(words, "<u4").tobytes())
+def test_fuzz_garbage_symbol_streams_raise_sparse_format_error_or_decode_to_the_shape(kind, words):
+    entry, payload = with_blob(*valid_file(kind), "symbols", np.array(words, "<u4").tobytes())
     try:
         (array,) = decode_all(container(entry, payload))
     except SparseFormatError:
@@ -209,10 +246,11 @@ def test_fuzz_garbage_symbol_streams_raise_sparse_format_error_or_decode_to_the_
     assert array.shape == (40, 30) and np.count_nonzero(array) == entry["nnz"]
 
 
+@KINDS
 @given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=4))
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-def test_fuzz_truncated_or_bit_flipped_codebook_files_raise_sparse_format_error(cut, flips):
-    entry, payload = valid_file()
+def test_fuzz_truncated_or_bit_flipped_codebook_files_raise_sparse_format_error(kind, cut, flips):
+    entry, payload = valid_file(kind)
     original = container(entry, payload)
     data = bytearray(original)
     for position, bit in flips:
@@ -231,11 +269,14 @@ json_values = st.recursive(
 )
 
 
-@given(key=st.sampled_from(["dtype", "shape", "encoding", "nnz", "codebook", "quant", "blobs", "values", "freqs", "symbols"]),
+@KINDS
+@given(key=st.sampled_from(["dtype", "shape", "encoding", "nnz", "codebook", "contexts", "quant", "blobs", "values",
+                            "freqs", "symbols"]),
        value=json_values)
 @settings(max_examples=150, deadline=None)
-def test_fuzz_crafted_codebook_fields_with_valid_checksums_raise_sparse_format_error(key, value):
-    entry, payload = valid_file()
+def test_fuzz_crafted_codebook_fields_with_valid_checksums_raise_sparse_format_error(kind, key, value):
+    entry, payload = valid_file(kind)
+    nnz = entry["nnz"]
     if key in ("values", "freqs", "symbols"):
         entry["blobs"][key] = value
     else:
@@ -244,7 +285,7 @@ def test_fuzz_crafted_codebook_fields_with_valid_checksums_raise_sparse_format_e
         (array,) = decode_all(container(entry, payload))
     except SparseFormatError:
         return
-    assert array.shape == (40, 30) and np.count_nonzero(array) == 240
+    assert array.shape == (40, 30) and np.count_nonzero(array) == nnz
 
 
 # ---------------------------------------------------------------- whole models, CLI
@@ -311,3 +352,45 @@ def test_a_model_being_clustered_exports_as_the_plain_model_with_codebook_kernel
     assert keras_prune.is_clustered(clustered)  # exporting left the model being clustered as it was
     for got, expected in zip(loaded.weights, model.weights):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), keras.ops.convert_to_numpy(expected))
+
+
+# ---------------------------------------------------------------- row contexts
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+def test_rows_of_different_densities_are_coded_with_row_contexts_below_the_order_0_bound(dtype):
+    array = uneven((300, 100), k=8, dtype="float32")
+    array = np.rint(array * 7).astype(dtype) if dtype == "int8" else array
+    entry, decoded, stored = roundtrip(array)
+    assert entry["encoding"] == "codebook_rows" and entry["contexts"] in entropy.CONTEXT_CHOICES
+    assert decoded.tobytes() == array.tobytes()
+    _, plain = encode_tensor(array, encodings=tuple(e for e in ENCODINGS if e != "codebook_rows"))
+    assert stored < 0.9 * sum(len(data) for _, _, data in plain)  # the plain codebook
+    symbols = dict((name, data) for name, _, data in encode_tensor(array)[1])["symbols"]
+    assert 8 * len(symbols) < 0.9 * entropy.entropy_bound_bits(array)
+
+
+def test_row_contexts_with_one_value_and_classes_no_row_falls_in():
+    symbols = np.zeros(60, np.int32)
+    symbols[[3, 4, 5, 30]] = 1  # one codebook value: no index table
+    freqs, data = entropy.encode_rows(symbols, 6, 8, 1)  # 10 rows, mostly empty: empty classes
+    assert len(entropy.split_tables(freqs.astype("<u4").tobytes(), 8, 1)) == 9
+    assert entropy.decode_rows(data, freqs, 60, 6, 8, 1, nnz=4).tolist() == symbols.tolist()
+
+
+def test_a_pruned_model_with_dead_inputs_uses_row_contexts_in_a_version_3_file(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((90,)), keras.layers.Dense(40, activation="relu"), keras.layers.Dense(8)])
+    model.layers[0].kernel.assign(uneven((90, 40)))
+    path = keras_prune.export_sparse(model, tmp_path / "m.kpsparse")
+    assert format_version(path) == 3 and encoding_summary(path).get("codebook_rows") == 1
+    for expected, actual in zip(model.get_weights(), keras_prune.load_sparse(path).get_weights()):
+        assert actual.tobytes() == expected.tobytes()
+    header, payload = fmt.read_container(path.read_bytes())
+    older = tmp_path / "v2.kpsparse"
+    older.write_bytes(fmt.write_container(header, bytes(payload), version=2))
+    with pytest.raises(SparseFormatError, match="version 2 file uses the version 3 codebook_rows encoding"):
+        keras_prune.load_sparse(older)
+    source = tmp_path / "m.keras"
+    model.save(source)
+    assert main(["export", str(source), "-o", str(tmp_path / "cli.kpsparse")]) == 0
+    assert "codebook+rANS (row contexts) 1" in capsys.readouterr().out

@@ -147,8 +147,8 @@ def test_valid_container_decodes():
 
 def test_unknown_version_names_the_fix():
     data = bytearray(container([]))
-    data[8:12] = (3).to_bytes(4, "little")
-    with pytest.raises(SparseFormatError, match="version 3.*reads versions 1, 2.*Upgrade"):
+    data[8:12] = (4).to_bytes(4, "little")
+    with pytest.raises(SparseFormatError, match="version 4.*reads versions 1, 2, 3.*Upgrade"):
         fmt.read_container(bytes(data))
 
 

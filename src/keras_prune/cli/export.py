@@ -84,7 +84,7 @@ def encodings_line(path: str) -> str:
     """One line: how many tensors use each encoding, and the format version."""
     from keras_prune.export.sparse import encoding_summary, format_version
 
-    labels = {"codebook": "codebook+rANS", "nm": "N:M"}
+    labels = {"codebook": "codebook+rANS", "codebook_rows": "codebook+rANS (row contexts)", "nm": "N:M"}
     counts = ", ".join(f"{labels.get(name, name)} {count}" for name, count in encoding_summary(path).items())
     return f"tensor encodings: {counts or 'none'} (format version {format_version(path)})"
 

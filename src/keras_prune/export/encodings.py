@@ -9,6 +9,9 @@
 * ``codebook``: for tensors with few distinct nonzero values (clustered kernels, int8 kernels
   of Keras-quantized layers): the distinct values, then one rANS-coded symbol per position
   (zero or a codebook index) under a stored frequency table (:mod:`keras_prune.export.entropy`).
+* ``codebook_rows``: the same codebook, with row contexts: the zero/nonzero flags of each row
+  (all axes but the last) coded under its density class's probability, then the indices; wins
+  when rows differ in density, as a pruned kernel's do.
 
 Values are stored as the tensor's own dtype (lossless), or, for float kernels (rank >= 2),
 as float16 or as int8 with one float32 scale per output channel (the last axis).
@@ -24,7 +27,10 @@ from keras_prune.export import entropy
 from keras_prune.export import format as fmt
 from keras_prune.export.format import pack_blob, require
 
-ENCODINGS = ("dense", "bitmask", "gaps", "nm", "codebook")
+ENCODINGS = ("dense", "bitmask", "gaps", "nm", "codebook", "codebook_rows")
+CODEBOOKS = ("codebook", "codebook_rows")  # the entropy-coded encodings
+# The container version that introduced an encoding (older ones: version 1).
+ENCODING_VERSIONS = {"codebook": 2, "codebook_rows": 3}
 # Blobs that hold entropy-coded data: they never compress, so they are stored raw.
 RAW_BLOBS = ("symbols",)
 ITEMSIZES = {"scales": 4, "positions": 1, "freqs": 4, "symbols": 1}
@@ -107,26 +113,34 @@ def _candidates(stored: np.ndarray, encodings: tuple[str, ...] = ENCODINGS) -> l
     if "nm" in encodings:
         for n, k, indices, values in _nm_candidates(stored, nonzero):
             candidates.append(("nm", {"group": [n, k]}, {"positions": indices, "values": values.tobytes()}))
-    if "codebook" in encodings:
-        candidates.extend(_codebook_candidate(stored))
+    if set(CODEBOOKS) & set(encodings):
+        candidates.extend(_codebook_candidates(stored, encodings))
     return candidates
 
 
-def _codebook_candidate(stored: np.ndarray) -> list[tuple[str, dict, Blobs]]:
-    """The ``codebook`` encoding of ``stored`` if it has few distinct nonzero values (else none)."""
+def _codebook_candidates(stored: np.ndarray, encodings: tuple[str, ...]) -> list[tuple[str, dict, Blobs]]:
+    """The ``codebook`` (and, for kernels, ``codebook_rows``) encodings of ``stored`` if it has
+    few distinct nonzero values (else none)."""
     if stored.size > entropy.MAX_SYMBOLS:
         return []
     found = entropy.codebook_symbols(stored)
     if found is None or found[0].size == 0:  # too many values, or all zeros (others win there)
         return []
     codebook, symbols = found
-    freqs = entropy.quantize_frequencies(np.bincount(symbols, minlength=codebook.size + 1))
-    blobs = {
-        "values": codebook.tobytes(),
-        "freqs": freqs.astype("<u4").tobytes(),
-        "symbols": entropy.encode_symbols(symbols, freqs),
-    }
-    return [("codebook", {"codebook": int(codebook.size), "nnz": int(np.count_nonzero(symbols))}, blobs)]
+    extra = {"codebook": int(codebook.size), "nnz": int(np.count_nonzero(symbols))}
+    out = []
+    if "codebook" in encodings:
+        freqs = entropy.quantize_frequencies(np.bincount(symbols, minlength=codebook.size + 1))
+        out.append(("codebook", extra, {"values": codebook.tobytes(), "freqs": freqs.astype("<u4").tobytes(),
+                                        "symbols": entropy.encode_symbols(symbols, freqs)}))
+    rows = stored.size // stored.shape[-1] if stored.ndim >= 2 else 0
+    if "codebook_rows" in encodings and rows >= 2 and 2 * stored.size <= entropy.MAX_SYMBOLS:
+        width = stored.shape[-1]
+        contexts = entropy.best_contexts(symbols.reshape(-1, width) != 0)
+        freqs, data = entropy.encode_rows(symbols, width, contexts, codebook.size)
+        out.append(("codebook_rows", {**extra, "contexts": contexts},
+                    {"values": codebook.tobytes(), "freqs": freqs.astype("<u4").tobytes(), "symbols": data}))
+    return out
 
 
 def _pack(name: str, data: bytes, itemsize: int) -> tuple[str, dict, bytes]:
@@ -235,7 +249,8 @@ def decode_stored(entry: object, payload: memoryview) -> tuple[np.ndarray, np.nd
     blobs = entry.get("blobs")
     require(isinstance(blobs, dict), "a tensor lacks its blob table")
     names = {"values"} | ({"scales"} if quant == "int8" else set())
-    names |= {"dense": set(), "codebook": {"freqs", "symbols"}}.get(encoding, {"positions"})
+    names |= {"dense": set(), "codebook": {"freqs", "symbols"}, "codebook_rows": {"freqs", "symbols"}}.get(
+        encoding, {"positions"})
     require(set(blobs) == names, f"a {encoding} tensor must have blobs {sorted(names)}")
     lengths = [blobs[name].get("length") if isinstance(blobs[name], dict) else None for name in names]
     require(all(fmt.is_count(n) for n in lengths), "a blob length is not a count")
@@ -244,8 +259,8 @@ def decode_stored(entry: object, payload: memoryview) -> tuple[np.ndarray, np.nd
     value_dtype = _le({"none": dtype, "float16": "float16", "int8": "int8"}[quant])
     if encoding == "dense":
         require(nnz == size, "a dense tensor must store every value")
-    if encoding == "codebook":
-        flat = _decode_codebook(entry, payload, blobs, size, nnz, value_dtype)
+    if encoding in CODEBOOKS:
+        flat = _decode_codebook(entry, payload, blobs, shape, nnz, value_dtype)
     else:
         values = np.frombuffer(fmt.read_blob(payload, blobs["values"], nnz * value_dtype.itemsize), value_dtype)
         if encoding == "nm":
@@ -262,21 +277,32 @@ def decode_stored(entry: object, payload: memoryview) -> tuple[np.ndarray, np.nd
     return flat.reshape(shape), scales
 
 
-def _decode_codebook(entry: dict, payload: memoryview, blobs: dict, size: int, nnz: int, value_dtype) -> np.ndarray:
+def _decode_codebook(entry: dict, payload: memoryview, blobs: dict, shape: tuple, nnz: int, value_dtype) -> np.ndarray:
     k = entry.get("codebook")
     require(fmt.is_count(k) and 1 <= k <= entropy.MAX_CODEBOOK, f"bad codebook size {k!r}")
+    size = math.prod(shape)
     require(size <= entropy.MAX_SYMBOLS, "a codebook tensor has too many positions")
     codebook = np.frombuffer(fmt.read_blob(payload, blobs["values"], k * value_dtype.itemsize), value_dtype)
     require(bool((codebook != 0).all()), "a codebook value is zero")
-    freqs = entropy.check_frequencies(fmt.read_blob(payload, blobs["freqs"], 4 * (k + 1)), k + 1)
+    table = np.concatenate([np.zeros(1, value_dtype), codebook])
     meta = blobs["symbols"]
     raw_length = meta.get("raw_length") if isinstance(meta, dict) else None
-    require(fmt.is_count(raw_length) and raw_length <= entropy.max_stream_bytes(size), "the symbol stream is too long")
+    if entry["encoding"] == "codebook":
+        freqs = entropy.check_frequencies(fmt.read_blob(payload, blobs["freqs"], 4 * (k + 1)), k + 1)
+        require(fmt.is_count(raw_length) and raw_length <= entropy.max_stream_bytes(size), "the symbol stream is too long")
+        flat = entropy.decode_symbols(fmt.read_blob(payload, meta, raw_length), freqs, size, table)
+        require(int(np.count_nonzero(flat)) == nnz, f"the symbols hold a different nonzero count than the header's {nnz}")
+        return flat
+    contexts = entry.get("contexts")
+    require(fmt.is_count(contexts) and 2 <= contexts <= entropy.MAX_CONTEXTS, f"bad context count {contexts!r}")
+    require(len(shape) >= 2 and shape[-1] >= 1, "row contexts need a tensor of rank 2 or more")
+    rows = size // shape[-1]
+    freqs = fmt.read_blob(payload, blobs["freqs"], 4 * sum(entropy.rows_tables(contexts, k)))
+    require(fmt.is_count(raw_length) and raw_length <= entropy.max_stream_bytes(rows + size + nnz),
+            "the symbol stream is too long")
     data = fmt.read_blob(payload, meta, raw_length)
-    table = np.concatenate([np.zeros(1, value_dtype), codebook])
-    flat = entropy.decode_symbols(data, freqs, size, table)
-    require(int(np.count_nonzero(flat)) == nnz, f"the symbols hold a different nonzero count than the header's {nnz}")
-    return flat
+    symbols = entropy.decode_rows(data, np.frombuffer(freqs, "<u4"), size, shape[-1], contexts, k, nnz)
+    return table[symbols]
 
 
 def _positions(encoding: str, payload: memoryview, meta: dict, size: int, nnz: int) -> np.ndarray:

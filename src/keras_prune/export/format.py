@@ -3,7 +3,7 @@
 Layout (all integers little-endian; the full specification is in ``docs/export.md``)::
 
     0   8 bytes  magic b"KPSPARSE"
-    8   u32      format version (1, or 2 if a tensor uses the ``codebook`` encoding)
+    8   u32      format version (1; 2 or 3 if a tensor uses an entropy-coded encoding)
     12  u32      stored header length H
     16  u32      raw (uncompressed) header length
     20  u32      CRC-32 of everything after this field (header + payload)
@@ -24,8 +24,10 @@ import zlib
 import numpy as np
 
 MAGIC = b"KPSPARSE"
-VERSION = 2  # the newest version this module reads and writes
-VERSIONS = (1, 2)  # 2 added the entropy-coded ``codebook`` encoding; files without it stay 1
+VERSION = 3  # the newest version this module reads and writes
+# 2 added the entropy-coded ``codebook`` encoding, 3 its row contexts (``codebook_rows``); a file
+# takes the oldest version that has every encoding it uses.
+VERSIONS = (1, 2, 3)
 PREFIX = struct.Struct("<8sIIII")
 # A tensor may decode to at most EXPANSION bytes per stored byte (+ ALLOWANCE): deflate
 # itself cannot exceed ~1032:1, so honest files fit and bombs are refused up front.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from keras_prune.export.encodings import ENCODINGS
+from keras_prune.export.encodings import CODEBOOKS, ENCODINGS
 from keras_prune.export.sparse import _architecture, _stripped, export_sparse, read_header, sparse_bytes
 
 FORMATS = {
@@ -60,8 +60,8 @@ def file_sizes(model: keras.Model, *, litert: bool = True, quantized: bool = Tru
         data = (folder / "model.keras").read_bytes()
         sizes = {"keras": len(data), "keras_gzip": len(gzip.compress(data, 9, mtime=0))}
         sizes["sparse"] = export_sparse(model, folder / "sparse.kpsparse").stat().st_size
-        if any(t["encoding"] == "codebook" for t in read_header(folder / "sparse.kpsparse")["tensors"]):
-            others = tuple(e for e in ENCODINGS if e != "codebook")
+        if any(t["encoding"] in CODEBOOKS for t in read_header(folder / "sparse.kpsparse")["tensors"]):
+            others = tuple(e for e in ENCODINGS if e not in CODEBOOKS)
             sizes["sparse_no_codebook"] = len(sparse_bytes(model, encodings=others))
         for key, values in (("sparse_float16", "float16"), ("sparse_int8", "int8")):
             sizes[key] = export_sparse(model, folder / f"{key}.kpsparse", values=values).stat().st_size

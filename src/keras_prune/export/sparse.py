@@ -11,7 +11,7 @@ import numpy as np
 
 from keras_prune._validation import check_choice
 from keras_prune.export import format as fmt
-from keras_prune.export.encodings import ENCODINGS, VALUE_MODES, decode_tensor, encode_tensor
+from keras_prune.export.encodings import ENCODING_VERSIONS, ENCODINGS, VALUE_MODES, decode_tensor, encode_tensor
 from keras_prune.export.format import SparseFormatError, require
 from keras_prune.io import atomic_write, check_output_path
 
@@ -65,7 +65,8 @@ def sparse_bytes(
 ) -> bytes:
     """The ``.kpsparse`` bytes of a stripped ``model``; ``encodings`` limits the tensor encodings.
 
-    The container is version 1 unless a tensor uses the ``codebook`` encoding (version 2).
+    The container takes the oldest version with every encoding used: 1, or 2 with the
+    ``codebook`` encoding, or 3 with ``codebook_rows``.
     """
     architecture = _architecture(model) if architecture is None else architecture
     exact = _quantized_weights(model)
@@ -80,7 +81,7 @@ def sparse_bytes(
             offset += len(data)
         tensors.append(entry)
     header = {"architecture": architecture, "keras_version": keras.__version__, "values": values, "tensors": tensors}
-    version = max(fmt.VERSIONS) if any(t["encoding"] == "codebook" for t in tensors) else min(fmt.VERSIONS)
+    version = max(ENCODING_VERSIONS.get(t["encoding"], 1) for t in tensors) if tensors else 1
     return fmt.write_container(header, b"".join(blobs), version)
 
 
@@ -131,15 +132,16 @@ def load_sparse(path: str | os.PathLike, *, safe_mode: bool = True) -> keras.Mod
     architecture, tensors = header.get("architecture"), header.get("tensors")
     require(isinstance(architecture, dict), "the header lacks the model architecture")
     require(isinstance(tensors, list), "the header lacks the tensor table")
-    if fmt.PREFIX.unpack_from(data)[1] < 2:
-        require(all(not isinstance(t, dict) or t.get("encoding") != "codebook" for t in tensors),
-                "a version 1 file uses the version 2 codebook encoding")
+    version = fmt.PREFIX.unpack_from(data)[1]
+    for tensor in tensors:
+        needed = ENCODING_VERSIONS.get(tensor.get("encoding"), 1) if isinstance(tensor, dict) else 1
+        require(needed <= version, f"a version {version} file uses the version {needed} {tensor['encoding']} encoding")
     arrays = [decode_tensor(entry, payload) for entry in tensors]
     return _build(architecture, arrays, safe_mode)
 
 
 def format_version(path: str | os.PathLike) -> int:
-    """The container version of a ``.kpsparse`` file (1, or 2 if it uses the codebook encoding).
+    """The container version of a ``.kpsparse`` file (1; 2 or 3 with the entropy-coded encodings).
 
     Example:
         >>> format_version("model.kpsparse")  # doctest: +SKIP
