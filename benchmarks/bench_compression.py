@@ -471,7 +471,7 @@ def export_options() -> dict:
         return {}
     if "encodings" not in inspect.signature(sparse.sparse_bytes).parameters:
         return {}
-    return {"off": {"encodings": tuple(e for e in every if e != "codebook")}, "on": {}}
+    return {"off": {"encodings": tuple(e for e in every if not e.startswith("codebook"))}, "on": {}}
 
 
 def write_file(model, path: Path, values: str = "float32", encodings=None) -> None:
@@ -563,8 +563,8 @@ def entropy_bound(model, stored: dict, path: Path) -> dict:
     rows = [r for r in entropy_report(path) if len(r["shape"]) >= 2]
     out["symbols_bytes"] = sum(r["blob_bits"].get("symbols", 0) for r in rows) / 8
     out["codebook_and_table_bytes"] = sum(r["blob_bits"].get("values", 0) + r["blob_bits"].get("freqs", 0)
-                                          for r in rows if r["encoding"] == "codebook") / 8
-    coded = [r for r in rows if r["encoding"] == "codebook"]
+                                          for r in rows if r["encoding"].startswith("codebook")) / 8
+    coded = [r for r in rows if r["encoding"].startswith("codebook")]
     bound_coded = sum(r["bound_bits"] for r in coded) / 8
     out["symbols_over_their_bound"] = out["symbols_bytes"] / bound_coded if bound_coded else float("nan")
     return out

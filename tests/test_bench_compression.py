@@ -82,13 +82,17 @@ def test_entropy_coding_is_no_larger_and_is_measured_against_its_bound(quick_run
             plain = folder / "files" / model_name / f"c{k}.kpsparse"
             assert coded.stat().st_size <= plain.stat().st_size
             assert coded.stat().st_size <= (folder / "files" / model_name / "pruned.kpsparse").stat().st_size
-            assert "codebook" in res["rows"][f"clustered_{k}_entropy"]["encodings"].values()
-            assert "codebook" not in res["rows"][f"clustered_{k}"]["encodings"].values()
+            coded = {e for e in res["rows"][f"clustered_{k}_entropy"]["encodings"].values() if e.startswith("codebook")}
+            assert coded and not any(e.startswith("codebook") for e in res["rows"][f"clustered_{k}"]["encodings"].values())
             bound = res["entropy"][k]
             # Two ways to the same order-0 entropy: mask + indices, and the exporter's joint symbols.
             assert bound["bound_bytes"] == pytest.approx(bound["library_bound_bytes"], rel=1e-9)
-            assert 0 < bound["bound_bytes"] <= bound["stored_kernel_bytes"] <= bound["file_bytes"]
-            assert bound["symbols_over_their_bound"] >= 0.99  # no coder beats the bound (a few bytes of slack)
+            assert 0 < bound["stored_kernel_bytes"] <= bound["file_bytes"]
+            if "codebook_rows" not in coded:  # order 0: no coder beats the bound (a few bytes of slack)
+                assert bound["bound_bytes"] <= bound["stored_kernel_bytes"]
+                assert bound["symbols_over_their_bound"] >= 0.99
+            else:  # row contexts code below the order-0 bound, never far below it
+                assert 0.5 < bound["symbols_over_their_bound"] < 1.01
 
 
 def test_litert_legs_and_verdicts(quick_run):
