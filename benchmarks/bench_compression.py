@@ -220,33 +220,13 @@ def load_data(args, settings: dict) -> dict:
     return data
 
 
-def compile_model(model, learning_rate, weight_decay: float = 0.0, distill: dict | None = None) -> None:
+def compile_model(model, learning_rate, weight_decay: float = 0.0) -> None:
     import keras
 
     optimizer = (keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay) if weight_decay
                  else keras.optimizers.Adam(learning_rate))
-    if distill:
-        model.compile(optimizer=optimizer, loss=distillation_loss(distill["temperature"], distill["alpha"]))
-        return
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-
-
-def distillation_loss(temperature: float, alpha: float):
-    """Hinton et al.'s knowledge distillation: ``alpha`` x cross-entropy with the labels +
-    (1 - ``alpha``) x T^2 x cross-entropy with the teacher's softened outputs. The targets are
-    the label followed by the teacher's logits (one row per image)."""
-    import keras
-
-    ops = keras.ops
-
-    def loss(targets, logits):
-        labels, teacher = ops.cast(targets[:, 0], "int32"), targets[:, 1:]
-        hard = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        soft = -ops.sum(ops.softmax(teacher / temperature) * ops.log_softmax(logits / temperature), axis=-1)
-        return alpha * hard + (1.0 - alpha) * temperature**2 * soft
-
-    return loss
 
 
 def steps_per_epoch(data: dict, recipe: dict) -> int:
@@ -269,24 +249,18 @@ def phase_learning_rate(phase: str, recipe: dict, data: dict):
     return recipe["cluster_learning_rate"]
 
 
-def fit_phase(model, phase: str, recipe: dict, data: dict, seed: int, callbacks=(), teacher=None) -> float:
+def fit_phase(model, phase: str, recipe: dict, data: dict, seed: int, callbacks=()) -> float:
     """Trains ``model`` for one phase of the recipe (a fresh Adam; the data order is seeded by
-    the phase, so the dense control sees the same batches as the pruned model); returns seconds.
-    With the recipe's ``distill`` and ``teacher`` (the dense model's logits on the training
-    images), the phases after the dense one learn from the teacher too."""
+    the phase, so the dense control sees the same batches as the pruned model); returns seconds."""
     import keras
-    import numpy as np
 
     epochs = recipe[f"{phase}_epochs"]
     if epochs == 0:
         return 0.0
-    distill = recipe.get("distill") if phase != "dense" and teacher is not None else None
-    compile_model(model, phase_learning_rate(phase, recipe, data), recipe.get("weight_decay", 0.0), distill)
-    targets = (np.concatenate([data["y_train"][:, None].astype("float32"), teacher], axis=1) if distill
-               else data["y_train"])
+    compile_model(model, phase_learning_rate(phase, recipe, data), recipe.get("weight_decay", 0.0))
     keras.utils.set_random_seed(seed + {"dense": 0, "prune": 1, "cluster": 2}[phase])
     start = time.perf_counter()
-    model.fit(data["x_train"], targets, batch_size=recipe["batch_size"], epochs=epochs, verbose=0,
+    model.fit(data["x_train"], data["y_train"], batch_size=recipe["batch_size"], epochs=epochs, verbose=0,
               callbacks=list(callbacks))
     return time.perf_counter() - start
 
@@ -360,21 +334,19 @@ def train_models(name: str, recipe: dict, data: dict, args) -> dict:
         return model, fit_phase(model, "dense", recipe, data, args.seed)
 
     dense, dense_info = cached(args.cache_dir, f"{name}_dense", base, make_dense, loader)
-    teacher = (dense.predict(data["x_train"], batch_size=1000, verbose=0).astype("float32")
-               if recipe.get("distill") else None)
     later = {k: recipe[k] for k in ("prune_epochs", "cluster_epochs", "final_learning_rate",
-                                    "cluster_learning_rate", "prune_learning_rate", "distill")
+                                    "cluster_learning_rate", "prune_learning_rate")
              if recipe.get(k) is not None}
 
     def make_control():
         model = copy_of(dense, name, recipe, args.seed)
-        seconds = fit_phase(model, "prune", recipe, data, args.seed, teacher=teacher)
-        return model, seconds + fit_phase(model, "cluster", recipe, data, args.seed, teacher=teacher)
+        seconds = fit_phase(model, "prune", recipe, data, args.seed)
+        return model, seconds + fit_phase(model, "cluster", recipe, data, args.seed)
 
     control, control_info = cached(args.cache_dir, f"{name}_dense_all", {**base, **later}, make_control, loader)
     prune_fields = {**base, **{k: recipe[k] for k in ("prune_epochs", "final_learning_rate", "prune_end",
                                                        "frequency", "sparsities", "prune_learning_rate",
-                                                       "allocation", "sparsity", "distill")
+                                                       "allocation", "sparsity")
                                if recipe.get(k) is not None}}
 
     def make_pruned():
@@ -385,11 +357,11 @@ def train_models(name: str, recipe: dict, data: dict, args) -> dict:
                                                begin_step=0, end_step=max(1, int(steps * recipe["prune_end"])),
                                                frequency=recipe["frequency"])
         pruned = keras_prune.prune_low_magnitude(model, schedule, sparsities=sparsities)
-        seconds = fit_phase(pruned, "prune", recipe, data, args.seed, [keras_prune.UpdatePruningStep()], teacher)
+        seconds = fit_phase(pruned, "prune", recipe, data, args.seed, [keras_prune.UpdatePruningStep()])
         return keras_prune.strip_pruning(pruned), seconds
 
     pruned, pruned_info = cached(args.cache_dir, f"{name}_pruned", prune_fields, make_pruned, loader)
-    return {"dense": dense, "control": control, "pruned": pruned, "teacher": teacher,
+    return {"dense": dense, "control": control, "pruned": pruned,
             "info": {"dense": dense_info, "dense_all": control_info, "pruned": pruned_info}}
 
 
@@ -405,7 +377,7 @@ def clustering_api():
         return None
 
 
-def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int, teacher=None) -> tuple:
+def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int) -> tuple:
     """The pruned model clustered to ``k`` centroids per kernel (zeros kept), fine-tuned for
     ``cluster_epochs`` and stripped. Returns (model, seconds, how)."""
     api = clustering_api()
@@ -418,7 +390,7 @@ def cluster(name: str, pruned, k: int, recipe: dict, data: dict, seed: int, teac
     keras.utils.set_random_seed(seed + 7)
     clustered = cluster_weights(model, number_of_clusters=cluster_counts(model, k, recipe), preserve_sparsity=True,
                                 seed=seed)
-    seconds = fit_phase(clustered, "cluster", recipe, data, seed, teacher=teacher)
+    seconds = fit_phase(clustered, "cluster", recipe, data, seed)
     stripped = strip_clustering(clustered)
     return copy_of(stripped, name, recipe, seed), seconds, "keras_prune.clustering.cluster_weights"
 
@@ -749,7 +721,7 @@ def run_model(name: str, args, settings: dict, data: dict) -> dict:
         clustered_models = {}
         for k in settings["clusters"]:
             try:
-                model, seconds, how = cluster(name, pruned, k, recipe, data, args.seed, trained["teacher"])
+                model, seconds, how = cluster(name, pruned, k, recipe, data, args.seed)
             except Exception as error:  # reported; the other legs still run
                 traceback.print_exc(file=sys.stderr)
                 rows[f"clustered_{k}"] = {"error": error_text(error)}

@@ -249,8 +249,7 @@ def decode_stored(entry: object, payload: memoryview) -> tuple[np.ndarray, np.nd
     blobs = entry.get("blobs")
     require(isinstance(blobs, dict), "a tensor lacks its blob table")
     names = {"values"} | ({"scales"} if quant == "int8" else set())
-    names |= {"dense": set(), "codebook": {"freqs", "symbols"}, "codebook_rows": {"freqs", "symbols"}}.get(
-        encoding, {"positions"})
+    names |= {"freqs", "symbols"} if encoding in CODEBOOKS else {"dense": set()}.get(encoding, {"positions"})
     require(set(blobs) == names, f"a {encoding} tensor must have blobs {sorted(names)}")
     lengths = [blobs[name].get("length") if isinstance(blobs[name], dict) else None for name in names]
     require(all(fmt.is_count(n) for n in lengths), "a blob length is not a count")
